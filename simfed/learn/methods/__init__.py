@@ -1,0 +1,1 @@
+"""One module a method; `registry.py` maps scenario names to classes."""

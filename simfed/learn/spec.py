@@ -1,0 +1,49 @@
+"""Typed scenario sections owned by the learning side: the methods and the local training recipe."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MethodSpec(_Strict):
+    """One method to compare; `name` labels it in the outputs, `kind` picks the implementation."""
+
+    name: str
+    kind: Literal["comigs", "hetlora", "fedavg", "local"]
+    # CoMiGS: 1g1s (E=2), 2g, 2s, 1gxs (E per device from its budget)
+    variant: Literal["1g1s", "2g", "2s", "1gxs"] = "1g1s"
+    rank: PositiveInt = 8  # LoRA rank of every expert / of attention (CoMiGS, FedAvg, Local)
+    max_experts: PositiveInt = 4  # 1GXS: a device never holds more experts than this
+    # HetLoRA: ranks from the budget, matched to CoMiGS's trainable parameters
+    min_rank: PositiveInt = 4
+    max_rank: PositiveInt = 32
+    match: Literal["full", "active"] = "full"
+    prune_lambda: float = Field(5e-3, ge=0)  # self-pruning regulariser weight λ_p
+    prune_gamma: float = Field(0.99, gt=0, le=1)
+    norm_weighting: Literal["product", "per_matrix"] = "product"
+    lb_lambda: float = Field(0.01, ge=0)  # load-balancing weight
+    lb_form: Literal["uniform", "generalist"] = "uniform"
+    tau: PositiveInt = 30  # expert steps between router phases (global step counter)
+    router_steps: PositiveInt = 10
+    router_lr: float = Field(2e-3, gt=0)
+    aggregation_weights: Literal["uniform", "tokens"] = "uniform"
+
+
+class TrainingSpec(_Strict):
+    """The local recipe every method shares, so that methods differ only in what they are."""
+
+    local_steps: PositiveInt = 10  # expert (optimizer) steps a device runs per round
+    batch_size: PositiveInt = 4  # sequences per step
+    seq_len: PositiveInt = 128  # tokens per sequence
+    lr: float = Field(2e-3, gt=0)  # peak lr; cosine to lr/10 over all steps of the run
+    weight_decay: float = Field(0.01, ge=0)
+    eval_every: PositiveInt = 1  # evaluate every device after every Nth round
+    eval_windows: PositiveInt = 16  # deterministic test windows per device
+    payload_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dtype tensors travel in
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default

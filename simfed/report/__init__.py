@@ -1,0 +1,1 @@
+"""Tables and plots built from a run directory."""

@@ -1,0 +1,1 @@
+"""Run glue: the only package that joins the simulated world and the learning."""

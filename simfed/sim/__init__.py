@@ -1,0 +1,1 @@
+"""The discrete-event world: devices, links, availability and the server (no torch here)."""

@@ -1,0 +1,42 @@
+"""The port through which the engine asks the learning side for costs and real work.
+
+The engine never imports torch: the runner implements `Workload` over a learning `Method`,
+and engine tests implement it with a fake. Every call happens at simulated event time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class RoundCost:
+    """What one device's participation in one round costs, known before any training."""
+
+    download_bytes: int  # bytes the server sends the device
+    upload_bytes: int  # bytes the device sends back if it finishes
+    flops: float  # FLOPs of the device's local work this round
+
+
+class Workload(Protocol):
+    """The learning side as the engine sees it."""
+
+    def cost(self, device: int, round_index: int) -> RoundCost:
+        """Bytes and FLOPs of `device` taking part in round `round_index`."""
+        ...
+
+    def on_download(self, device: int, round_index: int) -> None:
+        """The server's payload for `device` is fixed now (snapshot it: aggregation may follow)."""
+        ...
+
+    def on_compute_done(self, device: int, round_index: int) -> None:
+        """`device` finished its local computation: the real training happens here."""
+        ...
+
+    def on_aggregate(self, round_index: int, devices: list[int]) -> None:
+        """The server merges the updates of `devices` (sorted ids, arrived before the deadline)."""
+        ...
+
+    def on_round_end(self, round_index: int, sim_time_s: float) -> None:
+        """The round is closed and aggregated; the runner may evaluate here."""
+        ...
