@@ -1,0 +1,289 @@
+"""The `simfed` command: run | validate | report | devices | models | data.
+
+Commands that only read configuration (validate, devices, models, data list) never import torch:
+the runner and the learning code are imported inside `run`. A user error (`SimfedError`)
+prints its lines on stderr and exits with status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from simfed import __version__
+from simfed.errors import SimfedError
+
+INTERRUPTED = 130  # exit status after Ctrl-C, as shells report SIGINT
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's to fix: SimfedError, and DataError until it subclasses it."""
+    errors: list[type[BaseException]] = [SimfedError]
+    try:
+        from simfed.data.spec import DataError
+
+        if not issubclass(DataError, SimfedError):
+            errors.append(DataError)
+    except ImportError:  # pragma: no cover - the data package is always there
+        pass
+    return tuple(errors)
+
+
+def _console():
+    from simfed.run.progress import output_console
+
+    return output_console()
+
+
+# ---------------------------------------------------------------- run / validate / report
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from simfed.config import load_scenario
+
+    overrides = list(args.set)
+    if args.seed is not None:
+        overrides.append(f"seeds=[{args.seed}]")
+    scenario = load_scenario(args.scenario, overrides)
+    out_root = Path(args.out) if args.out else Path(scenario.output.dir)
+
+    from simfed.run.progress import ProgressView
+    from simfed.run.results import summarize_metrics
+    from simfed.run.runner import run_scenario  # torch comes in here, and only here
+
+    names = [m.name for m in scenario.methods]
+    with ProgressView(names, scenario.world.server.rounds, enabled=not args.quiet) as view:
+        try:
+            result = run_scenario(scenario, Path(args.scenario), out_root, scenario.seeds, view)
+        except KeyboardInterrupt as exc:
+            run_dir = getattr(exc, "run_dir", None)
+            print("interrupted" + (f"; results so far in {run_dir}" if run_dir else ""),
+                  file=sys.stderr)
+            if run_dir:
+                print(run_dir)
+            return INTERRUPTED
+        except BaseException as exc:
+            run_dir = getattr(exc, "run_dir", None)
+            if run_dir:
+                print(f"run failed; results so far in {run_dir}", file=sys.stderr)
+            raise
+    run_dir = Path(getattr(result, "path", result))
+    view.print_comparison(summarize_metrics(run_dir))
+    print(run_dir)
+    return 0
+
+
+def _check_model_card(scenario: Any) -> None:
+    """Fail validation early on an unknown model card (the card module imports no torch)."""
+    try:
+        from simfed.learn.model_card import load_card
+    except ImportError:
+        return
+    try:
+        load_card(scenario.model)
+    except SimfedError as exc:
+        raise SimfedError(f"{scenario.where('model')}: model: {exc}") from None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from simfed.config import load_scenario
+
+    scenario = load_scenario(args.scenario, args.set)
+    _check_model_card(scenario)
+    print(f"ok: {scenario.describe()}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from simfed.report.plots import plot_run
+    from simfed.run.progress import ProgressView
+    from simfed.run.results import read_summary, summarize_metrics
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.csv").is_file():
+        raise SimfedError(f"{run_dir}: not a run directory (no metrics.csv)")
+    status = read_summary(run_dir).get("status", "unknown")
+    view = ProgressView([], 0, enabled=False)
+    view.print_comparison(summarize_metrics(run_dir))
+    for path in plot_run(run_dir):
+        print(path)
+    print(f"status: {status}")
+    return 0
+
+
+# ---------------------------------------------------------------- devices / models
+
+def _profile_table(title: str, profiles: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_lines=True)
+    rows = list(profiles.values())
+    if not rows:
+        return table
+    names = [f.name for f in dataclasses.fields(rows[0])]
+    for name in names:
+        table.add_column(name, overflow="fold",
+                         justify="left" if name in ("name", "source") else "right")
+    for profile in rows:
+        table.add_row(*(_cell(getattr(profile, name), name) for name in names))
+    return table
+
+
+def _cell(value: Any, name: str = "") -> str:
+    if isinstance(value, (tuple, list)):
+        return ", ".join(_cell(v, name) for v in value)
+    if name.endswith("_bytes") and isinstance(value, (int, float)):
+        from simfed.run.progress import human_bytes
+
+        return human_bytes(value)
+    if name == "flops_per_s" and isinstance(value, (int, float)):
+        return f"{value / 1e9:.3g} GFLOP/s"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from simfed.sim.profiles import load_links, load_tiers
+
+    console = _console()
+    console.print(_profile_table("device tiers (simfed/profiles/tiers.yaml)", load_tiers()))
+    console.print(_profile_table("links (simfed/profiles/links.yaml)", load_links()))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    try:
+        from simfed.learn.model_card import list_cards
+    except ImportError:
+        raise SimfedError("simfed models: model cards are not available in this build "
+                          "(simfed.learn.model_card is missing)") from None
+    from rich.table import Table
+
+    table = Table(title="model cards", title_justify="left")
+    for header in ("name", "description", "source"):
+        table.add_column(header, overflow="fold")
+    for card in list_cards():
+        table.add_row(card.name, getattr(card, "description", ""), _describe_source(card))
+    _console().print(table)
+    return 0
+
+
+def _describe_source(card: Any) -> str:
+    source = getattr(card, "source", None)
+    if source is None or isinstance(source, str):
+        return source or ""
+    parts = [getattr(source, "kind", "")]
+    for key in ("package", "file", "id", "path_env"):
+        value = getattr(source, key, None)
+        if value:
+            parts.append(f"{key}={value}")
+    return " ".join(p for p in parts if p)
+
+
+# ---------------------------------------------------------------- data
+
+def _corpora():
+    try:
+        from simfed.data import corpora
+    except ImportError as exc:
+        if exc.name and exc.name.startswith("simfed.data"):
+            raise SimfedError("simfed data: the corpus builder is not available in this build "
+                              "(simfed.data.corpora is missing)") from None
+        raise
+    return corpora
+
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    corpora = _corpora()
+    report = corpora.build_builtin_corpus(cache_dir=args.cache_dir, sources=args.sources or None,
+                                          console_log=print)
+    if report is not None:
+        print(report)
+        failed = getattr(report, "failed", [])
+        if failed:  # not fatal: a scenario that needs a missing source says so when it loads
+            print(f"{len(failed)} source(s) could not be built: "
+                  f"{', '.join(r.name for r in failed)}", file=sys.stderr)
+    return 0
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    rows = _corpora().describe_corpus(args.cache_dir)  # [(source, documents, characters, status)]
+    table = Table(title="built-in corpus", title_justify="left")
+    for header in ("source", "documents", "characters", "status"):
+        table.add_column(header, justify="right" if header in ("documents", "characters") else "left",
+                         overflow="fold")
+    for source, docs, chars, status in rows:
+        table.add_row(str(source), f"{docs:,}", f"{chars:,}", str(status))
+    _console().print(table)
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a scenario value before validation, e.g. "
+                        "--set world.server.deadline_s=60 --set methods.0.rank=4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="simfed",
+        description="Discrete-event simulator for federated on-device fine-tuning of LMs.")
+    parser.add_argument("--version", action="version", version=f"simfed {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a scenario: every method × seed; prints the run directory last")
+    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument("--out", help="root of run directories (default: the scenario's output.dir)")
+    _add_set(p)
+    p.add_argument("--seed", type=int, help="run this seed only (replaces the scenario's seeds)")
+    p.add_argument("--quiet", action="store_true",
+                   help="plain one-line-per-round progress instead of the live table")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a scenario without running it")
+    p.add_argument("scenario", help="scenario YAML file")
+    _add_set(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("report", help="comparison table and plots of a run directory")
+    p.add_argument("run_dir", help="a directory written by `simfed run`")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("devices", help="the built-in device tiers and links, with their sources")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("models", help="the model cards")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("data", help="the offline built-in corpus")
+    data = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    b = data.add_parser("build", help="build (or complete) the built-in corpus in the cache")
+    b.add_argument("--sources", nargs="+", metavar="NAME", help="only these built-in sources")
+    b.add_argument("--cache-dir", type=Path, help="default: $SIMFED_CACHE or ~/.cache/simfed")
+    b.set_defaults(func=cmd_data_build)
+    ls = data.add_parser("list", help="what the cache holds")
+    ls.add_argument("--cache-dir", type=Path, help="default: $SIMFED_CACHE or ~/.cache/simfed")
+    ls.set_defaults(func=cmd_data_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as exc:
+        print(str(exc), file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

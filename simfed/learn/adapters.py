@@ -1,0 +1,196 @@
+"""Injecting adapters into a Hugging Face causal LM, by module name from the model card.
+
+`AdaptedModel` installs the wrappers of `lora.py` into ONE frozen base model, once. A device's
+adapters (`DeviceAdapters`) are created from an `AdapterShape` and attached for the time the
+device trains or is evaluated. Payloads — what travels between device and server — are flat
+dicts of tensors under stable names (peft's `get_peft_model_state_dict` idea):
+
+    layers.3.attn.q_proj.lora_A                (r, in)
+    layers.3.mlp.experts.0.up_proj.lora_B      (out, r)   expert 0 is the generalist
+    layers.3.mlp.router.weight                 (E, d_model)
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from simfed.learn.base_model import BaseModel
+from simfed.learn.lora import LORA_ALPHA, ExpertBank, LoRALinear, MixtureMLP, StackedLoRA
+from simfed.learn.model_card import ModelCardError
+
+
+@dataclass(frozen=True)
+class AdapterShape:
+    """The trainable structure of one device."""
+
+    n_experts: int  # MLP experts; 1 = a plain LoRA on the MLP, no router
+    mlp_rank: int  # rank of every expert's LoRA
+    attn_rank: int  # rank of the attention LoRA (0 = none)
+    top_k: int = 2
+    alpha: float = LORA_ALPHA
+
+
+def _get(root: nn.Module, path: str, what: str) -> nn.Module:
+    module = root
+    for part in path.split("."):
+        if not hasattr(module, part):
+            children = ", ".join(name for name, _ in module.named_children()) or "none"
+            raise ModelCardError(
+                f"target module '{path}' ({what}) does not exist in the model: "
+                f"'{part}' is not among [{children}]; fix the model card"
+            )
+        module = getattr(module, part)
+    return module
+
+
+def _set(root: nn.Module, path: str, value: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = _get(root, parent_path, "parent") if parent_path else root
+    setattr(parent, name, value)
+
+
+class LayerAdapters(nn.Module):
+    def __init__(self, attn: dict[str, StackedLoRA], mlp: ExpertBank) -> None:
+        super().__init__()
+        self.attn = nn.ModuleDict(attn)
+        self.mlp = mlp
+
+
+class DeviceAdapters(nn.Module):
+    """All trainable tensors of one device: per layer, attention LoRA and the MLP expert bank."""
+
+    def __init__(self, shape: AdapterShape, layers: list[LayerAdapters], up_names: list[str], down_name: str):
+        super().__init__()
+        self.shape = shape
+        self.layers = nn.ModuleList(layers)
+        self.up_names = up_names
+        self.down_name = down_name
+
+    def views(self) -> dict[str, torch.Tensor]:
+        """Every addressable tensor under its payload name, as a view sharing the parameter's storage."""
+        out: dict[str, torch.Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            for name, lora in layer.attn.items():
+                out[f"layers.{i}.attn.{name}.lora_A"] = lora.lora_A.data[0]
+                out[f"layers.{i}.attn.{name}.lora_B"] = lora.lora_B.data[0]
+            bank: ExpertBank = layer.mlp
+            linears = list(zip(self.up_names, bank.ups)) + [(self.down_name, bank.down)]
+            for e in range(bank.n_experts):
+                for name, lora in linears:
+                    out[f"layers.{i}.mlp.experts.{e}.{name}.lora_A"] = lora.lora_A.data[e]
+                    out[f"layers.{i}.mlp.experts.{e}.{name}.lora_B"] = lora.lora_B.data[e]
+            if bank.router is not None:
+                out[f"layers.{i}.mlp.router.weight"] = bank.router.weight.data
+        return out
+
+    def expert_parameters(self) -> list[nn.Parameter]:
+        """LoRA tensors (attention and MLP experts): what the expert optimizer trains."""
+        return [p for n, p in self.named_parameters() if "router" not in n]
+
+    def router_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if "router" in n]
+
+    def banks(self) -> list[ExpertBank]:
+        return [layer.mlp for layer in self.layers]
+
+    def load_balancing_loss(self) -> torch.Tensor | None:
+        """Mean over layers of the last forward's load-balancing term (None without routers)."""
+        terms = [b.last_lb for b in self.banks() if b.last_lb is not None]
+        return torch.stack(terms).mean() if terms else None
+
+
+def copy_into(adapters: DeviceAdapters, payload: dict[str, torch.Tensor]) -> None:
+    """Write payload tensors into the device's parameters in place (shapes must match)."""
+    views = adapters.views()
+    with torch.no_grad():
+        for name, tensor in payload.items():
+            if name not in views:
+                raise KeyError(f"payload tensor '{name}' has no place in this device's adapters")
+            view = views[name]
+            if view.shape != tensor.shape:
+                raise ValueError(f"payload tensor '{name}': shape {tuple(tensor.shape)} != {tuple(view.shape)}")
+            view.copy_(tensor.to(view.dtype))
+
+
+class AdaptedModel:
+    """The frozen base model with LoRA wrappers installed; devices' adapters attach to it."""
+
+    def __init__(self, base: BaseModel) -> None:
+        self.base = base
+        card = base.card
+        layers = _get(base.model, card.layers, "decoder layers")
+        self.attention_sites: list[dict[str, LoRALinear]] = []
+        self.mlp_sites: list[MixtureMLP] = []
+        for i, layer in enumerate(layers):
+            sites: dict[str, LoRALinear] = {}
+            for path in card.attention:
+                original = _get(layer, path, "attention projection")
+                wrapped = original if isinstance(original, LoRALinear) else LoRALinear(original)
+                _set(layer, path, wrapped)
+                sites[path.rsplit(".", 1)[-1]] = wrapped
+            self.attention_sites.append(sites)
+            mlp = _get(layer, card.mlp.module, "MLP")
+            if not isinstance(mlp, MixtureMLP):
+                for name in [*card.mlp.up, card.mlp.down]:
+                    _get(mlp, name, "MLP linear")
+                act = _get(mlp, card.mlp.activation, "MLP activation")
+                drop = _get(mlp, card.mlp.dropout, "MLP dropout") if card.mlp.dropout else None
+                mlp = MixtureMLP(mlp, card.mlp.up, card.mlp.down, card.mlp.gated, act, drop)
+                _set(layer, card.mlp.module, mlp)
+            self.mlp_sites.append(mlp)
+        if len(card.mlp.up) != (2 if card.mlp.gated else 1):
+            raise ModelCardError(f"model card '{card.name}': a gated MLP needs two 'up' linears, a plain one needs one")
+        self.d_model = int(base.model.config.hidden_size)
+        self.attached: DeviceAdapters | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        return self.base.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.base.model.parameters()).device
+
+    def new_adapters(self, shape: AdapterShape, generator: torch.Generator) -> DeviceAdapters:
+        """Fresh adapters of `shape`: A uniform(±1/√in), B zero, router N(0, 0.02), from `generator`."""
+        card = self.base.card
+        dev = self.device
+        layers = []
+        for sites, mlp in zip(self.attention_sites, self.mlp_sites):
+            attn = {}
+            if shape.attn_rank > 0:
+                attn = {
+                    name: StackedLoRA(1, shape.attn_rank, site.d_in, site.d_out, shape.alpha, generator, dev)
+                    for name, site in sites.items()
+                }
+            bank = ExpertBank(
+                shape.n_experts, shape.mlp_rank, mlp.up_dims, mlp.down_dims,
+                self.d_model, shape.alpha, shape.top_k, generator, dev,
+            )
+            layers.append(LayerAdapters(attn, bank))
+        return DeviceAdapters(shape, layers, list(card.mlp.up), card.mlp.down)
+
+    def attach(self, adapters: DeviceAdapters | None) -> None:
+        for i, (sites, mlp) in enumerate(zip(self.attention_sites, self.mlp_sites)):
+            layer = adapters.layers[i] if adapters is not None else None
+            for name, site in sites.items():
+                site.attach(layer.attn[name] if layer is not None and name in layer.attn else None)
+            mlp.attach(layer.mlp if layer is not None else None)
+        self.attached = adapters
+
+    @contextmanager
+    def using(self, adapters: DeviceAdapters | None) -> Iterator[None]:
+        """Attach `adapters` for the body of a `with` block, then restore the bare base model."""
+        previous = self.attached
+        self.attach(adapters)
+        try:
+            yield
+        finally:
+            self.attach(previous)
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.base.model(input_ids=input_ids, use_cache=False).logits

@@ -1,0 +1,100 @@
+"""The servers' merge math as pure functions over flat state dicts (name → tensor).
+
+Each function is unit-tested against a hand computation on tiny tensors. LoRA pairs are found by
+name: `<module>.lora_A` (r, in) with `<module>.lora_B` (out, r).
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+
+State = dict[str, torch.Tensor]
+
+
+def weighted_mean(states: list[State], weights: list[float] | None = None) -> State:
+    """Σ_i w_i · state_i / Σ_i w_i per tensor (uniform when `weights` is None)."""
+    if not states:
+        raise ValueError("weighted_mean of no states")
+    w = torch.tensor(weights if weights is not None else [1.0] * len(states), dtype=torch.float64)
+    w = w / w.sum()
+    return {
+        name: sum(float(wi) * s[name].double() for wi, s in zip(w, states)).to(states[0][name].dtype)
+        for name in states[0]
+    }
+
+
+def lora_modules(state: State) -> list[str]:
+    """The module prefixes that have a LoRA pair in `state`, in name order."""
+    return sorted(n[: -len(".lora_A")] for n in state if n.endswith(".lora_A"))
+
+
+def zero_pad_rank(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad A (r, in) with zero rows and B (out, r) with zero columns up to `rank`."""
+    r = a.shape[0]
+    if r > rank:
+        raise ValueError(f"cannot pad rank {r} down to {rank}")
+    a_pad = torch.zeros(rank, a.shape[1], dtype=a.dtype)
+    b_pad = torch.zeros(b.shape[0], rank, dtype=b.dtype)
+    a_pad[:r] = a
+    b_pad[:, :r] = b
+    return a_pad, b_pad
+
+
+def truncate_rank(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `rank` rows of A and columns of B (HetLoRA's redistribution)."""
+    return a[:rank].clone(), b[:, :rank].clone()
+
+
+def hetlora_weights(
+    uploads: list[State], module: str, weighting: Literal["product", "per_matrix"]
+) -> tuple[list[float], list[float]]:
+    """Per-device weights of one module, normalised over devices: (weights for A, weights for B).
+
+    product (the paper): w_i ∝ ‖B_i A_i‖_F for both matrices.
+    per_matrix (the reference code): A weighted by ‖A_i‖_F, B by ‖B_i‖_F.
+    A device whose norm is 0 for every device falls back to uniform weights.
+    """
+
+    def normalise(values: list[float]) -> list[float]:
+        total = sum(values)
+        return [v / total for v in values] if total > 0 else [1.0 / len(values)] * len(values)
+
+    a_s = [u[f"{module}.lora_A"].double() for u in uploads]
+    b_s = [u[f"{module}.lora_B"].double() for u in uploads]
+    if weighting == "product":
+        w = normalise([float(torch.linalg.norm(b @ a)) for a, b in zip(a_s, b_s)])
+        return w, w
+    return normalise([float(torch.linalg.norm(a)) for a in a_s]), normalise([float(torch.linalg.norm(b)) for b in b_s])
+
+
+def hetlora_aggregate(
+    uploads: list[State], max_rank: int, weighting: Literal["product", "per_matrix"] = "product"
+) -> State:
+    """Zero-pad every device's A (rows) and B (columns) to `max_rank`, then norm-weighted sum."""
+    merged: State = {}
+    for module in lora_modules(uploads[0]):
+        w_a, w_b = hetlora_weights(uploads, module, weighting)
+        padded = [zero_pad_rank(u[f"{module}.lora_A"], u[f"{module}.lora_B"], max_rank) for u in uploads]
+        merged[f"{module}.lora_A"] = sum(w * a.double() for w, (a, _) in zip(w_a, padded)).float()
+        merged[f"{module}.lora_B"] = sum(w * b.double() for w, (_, b) in zip(w_b, padded)).float()
+    return merged
+
+
+def tail_start(rank: int, gamma: float) -> int:
+    """First index of the slices HetLoRA's self-pruning looks at: ⌊γ r⌋ (r − 1 for γ = 0.99, r ≤ 100)."""
+    return int(math.floor(gamma * rank))
+
+
+def tail_norm(state: State, rank: int, gamma: float) -> torch.Tensor:
+    """Σ_modules ‖A[⌊γr⌋:r]‖_F · ‖B[:, ⌊γr⌋:r]‖_F — the self-pruning regulariser without λ_p.
+
+    Differentiable in the state's tensors (it is the training-time regulariser too).
+    """
+    k = tail_start(rank, gamma)
+    total = torch.zeros(())
+    for module in lora_modules(state):
+        a, b = state[f"{module}.lora_A"], state[f"{module}.lora_B"]
+        total = total + torch.linalg.norm(a[k:rank]) * torch.linalg.norm(b[:, k:rank])
+    return total

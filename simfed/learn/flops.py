@@ -1,0 +1,138 @@
+"""FLOPs of a local step, from the model's shapes, the adapters, top-k and the tokens.
+
+This is the cost model the simulated world turns into seconds (FLOPs / a device's FLOP/s). It
+counts what simfed's implementation actually computes (a test checks it against
+`torch.utils.flop_counter.FlopCounterMode` on the real model, within 10%):
+
+- forward, per token: 2·in·out for every frozen matmul (attention projections, the MLP's
+  input-side linears ONCE and its output-side linear ONCE — see `MixtureMLP` — and the LM head),
+  4·T·d_attn per layer for attention scores and their weighted sum (T = sequence length; the
+  kernel computes the full square), 2·r·(in+out) per LoRA pair and expert, the router 2·d·E, and
+  the mixing contractions 2·E·(d_ff + d_model) per layer;
+- backward with a frozen base: one more matmul per frozen weight (gradient of the input only;
+  none for layer 0's attention projections, whose input needs no gradient), two for every
+  trainable LoRA matmul (input and weight gradients) and for attention scores;
+- an expert step trains LoRA weights; a router step trains only the routers, so its LoRA
+  matmuls need no weight gradient.
+Element-wise work (norms, activations, softmax) is not counted, as FLOP counters do not either.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simfed.learn.adapters import AdaptedModel, AdapterShape
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The shapes the cost model needs, read from an adapted model once."""
+
+    n_layers: int
+    d_model: int
+    d_attn: int  # query width (heads × head dim)
+    vocab: int
+    attn_linears: tuple[tuple[int, int], ...]  # (in, out) of each attention projection in a layer
+    mlp_up: tuple[tuple[int, int], ...]  # (in, out) of the MLP's input-side linears
+    mlp_down: tuple[int, int]
+
+    @staticmethod
+    def of(model: AdaptedModel) -> "ModelDims":
+        cfg = model.model.config
+        n_heads = int(cfg.num_attention_heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads)
+        sites = model.attention_sites[0]
+        mlp = model.mlp_sites[0]
+        return ModelDims(
+            n_layers=len(model.mlp_sites),
+            d_model=int(cfg.hidden_size),
+            d_attn=n_heads * head_dim,
+            vocab=int(cfg.vocab_size),
+            attn_linears=tuple((s.d_in, s.d_out) for s in sites.values()),
+            mlp_up=tuple(tuple(d) for d in mlp.up_dims),
+            mlp_down=tuple(mlp.down_dims),
+        )
+
+
+def step_flops(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: int, train: str = "experts") -> float:
+    """FLOPs of one optimizer step (forward + backward) on batch_size × seq_len tokens.
+
+    `train` is "experts" (LoRA weights get gradients) or "router" (only the routers do).
+    """
+    tokens = batch_size * seq_len
+    e = shape.n_experts
+    lora_bwd = 2.0 if train == "experts" else 1.0
+    fwd = bwd = 0.0
+    for layer in range(dims.n_layers):
+        # Router steps: nothing before layer 0's router is trainable, so autograd skips layer 0's
+        # attention entirely. Expert steps: layer 0's projections read the embeddings, which need
+        # no gradient, so only their LoRA weights get one.
+        skip_attn_bwd = layer == 0 and train == "router"
+        attn_frozen = sum(2.0 * i * o for i, o in dims.attn_linears)
+        fwd += attn_frozen
+        bwd += attn_frozen if layer > 0 else 0.0
+        scores = 4.0 * seq_len * dims.d_attn
+        fwd += scores
+        bwd += 0.0 if skip_attn_bwd else 2.0 * scores
+        if shape.attn_rank > 0:
+            attn_lora = sum(2.0 * shape.attn_rank * (i + o) for i, o in dims.attn_linears)
+            fwd += attn_lora
+            bwd += 0.0 if skip_attn_bwd else lora_bwd * attn_lora
+        mlp_frozen = sum(2.0 * i * o for i, o in dims.mlp_up) + 2.0 * dims.mlp_down[0] * dims.mlp_down[1]
+        fwd += mlp_frozen
+        mlp_lora = e * sum(2.0 * shape.mlp_rank * (i + o) for i, o in (*dims.mlp_up, dims.mlp_down))
+        fwd += mlp_lora
+        if skip_attn_bwd:  # router step, layer 0: only the output side carries gradient
+            bwd += 2.0 * dims.mlp_down[0] * dims.mlp_down[1]
+            bwd += e * 2.0 * shape.mlp_rank * sum(dims.mlp_down)
+        else:
+            bwd += mlp_frozen + lora_bwd * mlp_lora
+        d_ff = dims.mlp_down[0]
+        mixing = 2.0 * e * (d_ff + dims.mlp_down[1])
+        fwd += mixing
+        bwd += 2.0 * mixing
+        if e > 1:
+            router = 2.0 * dims.d_model * e
+            fwd += router
+            bwd += 2.0 * router if train == "router" else router
+    head = 2.0 * dims.d_model * dims.vocab
+    fwd += head
+    bwd += head
+    return tokens * (fwd + bwd)
+
+
+def forward_flops(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: int) -> float:
+    """FLOPs of one forward pass (evaluation)."""
+    tokens = batch_size * seq_len
+    e = shape.n_experts
+    per_layer = (
+        sum(2.0 * i * o for i, o in dims.attn_linears)
+        + 4.0 * seq_len * dims.d_attn
+        + (sum(2.0 * shape.attn_rank * (i + o) for i, o in dims.attn_linears) if shape.attn_rank else 0.0)
+        + sum(2.0 * i * o for i, o in dims.mlp_up)
+        + 2.0 * dims.mlp_down[0] * dims.mlp_down[1]
+        + e * sum(2.0 * shape.mlp_rank * (i + o) for i, o in (*dims.mlp_up, dims.mlp_down))
+        + 2.0 * e * (dims.mlp_down[0] + dims.mlp_down[1])
+        + (2.0 * dims.d_model * e if e > 1 else 0.0)
+    )
+    return tokens * (dims.n_layers * per_layer + 2.0 * dims.d_model * dims.vocab)
+
+
+def router_phases_in_round(global_step: int, local_steps: int, tau: int) -> int:
+    """How many router phases a device whose step counter is `global_step` runs in its next round."""
+    return (global_step + local_steps) // tau - global_step // tau
+
+
+def round_flops(
+    dims: ModelDims,
+    shape: AdapterShape,
+    batch_size: int,
+    seq_len: int,
+    local_steps: int,
+    router_phases: int = 0,
+    router_steps: int = 0,
+) -> float:
+    """FLOPs of a device's local round: expert steps plus router phases."""
+    total = local_steps * step_flops(dims, shape, batch_size, seq_len, "experts")
+    if shape.n_experts > 1 and router_phases:
+        total += router_phases * router_steps * step_flops(dims, shape, batch_size, seq_len, "router")
+    return total

@@ -1,0 +1,217 @@
+"""LoRA primitives: stacked low-rank weights, the wrapped linear, and the batched mixture of MLP experts.
+
+Shapes follow `ALGORITHMS.md`: for a linear map W (in → out), A ∈ R^{r×in} (uniform ±1/√in),
+B ∈ R^{out×r} (zeros), h = W x + s · B (A x) with s = alpha / √r (rank-stabilised LoRA).
+Weights are stacked over a leading expert axis E so that all experts of a layer run as one einsum,
+and so that a later multi-device batch can stack devices on the same axis.
+
+The wrappers (`LoRALinear`, `MixtureMLP`) are installed into the frozen base model ONCE; a
+device's adapters are plain modules that are *attached* to the wrappers when the device trains
+or is evaluated. The attachment is deliberately not registered as a sub-module: the base model's
+own state dict and parameter list never contain a device's tensors.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from transformers.pytorch_utils import Conv1D
+
+LORA_ALPHA = 16.0
+
+
+def rslora_scale(alpha: float, rank: int) -> float:
+    """Rank-stabilised LoRA scaling s = alpha / √r (Kalajdzievski 2023), as the paper uses."""
+    return alpha / math.sqrt(rank)
+
+
+def linear_dims(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a linear map, GPT-2's transposed `Conv1D` included.
+
+    This is the one place that knows Conv1D stores its weight as (in, out).
+    """
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, Conv1D):
+        d_in, d_out = module.weight.shape
+        return int(d_in), int(d_out)
+    raise TypeError(f"cannot put LoRA on {type(module).__name__}: expected nn.Linear or Conv1D")
+
+
+class StackedLoRA(nn.Module):
+    """E independent LoRA pairs for one linear map, stored stacked: A (E, r, in), B (E, out, r)."""
+
+    def __init__(
+        self,
+        n_experts: int,
+        rank: int,
+        d_in: int,
+        d_out: int,
+        alpha: float = LORA_ALPHA,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.rank = rank
+        self.scale = rslora_scale(alpha, rank)
+        bound = 1.0 / math.sqrt(d_in)
+        a = torch.empty(n_experts, rank, d_in, device="cpu")
+        a.uniform_(-bound, bound, generator=generator)
+        self.lora_A = nn.Parameter(a.to(device))
+        self.lora_B = nn.Parameter(torch.zeros(n_experts, d_out, rank, device=device))
+
+    @property
+    def n_experts(self) -> int:
+        return self.lora_A.shape[0]
+
+    def delta_shared_input(self, x: torch.Tensor) -> torch.Tensor:
+        """s·B_e(A_e x) for every expert e on one input. x (..., in) → (E, ..., out)."""
+        low = torch.einsum("...i,eri->e...r", x, self.lora_A)
+        return self.scale * torch.einsum("e...r,eor->e...o", low, self.lora_B)
+
+    def delta_per_expert(self, x: torch.Tensor) -> torch.Tensor:
+        """s·B_e(A_e x_e), each expert on its own input. x (E, ..., in) → (E, ..., out)."""
+        low = torch.einsum("e...i,eri->e...r", x, self.lora_A)
+        return self.scale * torch.einsum("e...r,eor->e...o", low, self.lora_B)
+
+    def delta_weight(self, expert: int = 0) -> torch.Tensor:
+        """The dense update s·B A of one expert, (out, in) — for norms, SVDs and tests."""
+        return self.scale * self.lora_B[expert] @ self.lora_A[expert]
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear map with an optional single LoRA attached: base(x) + s·B(A x)."""
+
+    def __init__(self, base: nn.Module) -> None:
+        super().__init__()
+        self.base = base
+        self.d_in, self.d_out = linear_dims(base)
+        object.__setattr__(self, "adapter", None)  # a StackedLoRA with E = 1, or None
+
+    def attach(self, adapter: StackedLoRA | None) -> None:
+        object.__setattr__(self, "adapter", adapter)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.adapter is None:
+            return out
+        return out + self.adapter.delta_shared_input(x)[0]
+
+
+class ExpertBank(nn.Module):
+    """One layer's MLP experts of one device: LoRA on each MLP linear (stacked over E) + router.
+
+    `ups[j]` is the LoRA on the j-th input-side linear (GPT-2: c_fc; Llama: gate, up), `down` on
+    the output-side linear. E = 1 has no router (weight 1), which makes the bank a plain LoRA on
+    the MLP: Local, FedAvg and HetLoRA use it that way.
+    """
+
+    def __init__(
+        self,
+        n_experts: int,
+        rank: int,
+        up_dims: list[tuple[int, int]],
+        down_dims: tuple[int, int],
+        d_model: int,
+        alpha: float = LORA_ALPHA,
+        top_k: int = 2,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.ups = nn.ModuleList(
+            StackedLoRA(n_experts, rank, i, o, alpha, generator, device) for i, o in up_dims
+        )
+        self.down = StackedLoRA(n_experts, rank, *down_dims, alpha, generator, device)
+        self.top_k = min(top_k, n_experts)
+        self.router: nn.Linear | None = None
+        if n_experts > 1:
+            self.router = nn.Linear(d_model, n_experts, bias=False, device=device)
+            w = torch.empty(n_experts, d_model)
+            w.normal_(0.0, 0.02, generator=generator)
+            with torch.no_grad():
+                self.router.weight.copy_(w)
+        # load-balancing coefficients c_j (uniform unless a method sets them)
+        self.register_buffer("lb_coeff", torch.ones(n_experts, device=device), persistent=False)
+        self.last_lb: torch.Tensor | None = None
+        self.last_weights: torch.Tensor | None = None
+        self.keep_weights = False  # analysis hook: keep the routing weights of the last forward
+
+    @property
+    def n_experts(self) -> int:
+        return self.down.n_experts
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """Routing weights (..., E): top-k on the raw logits, softmax over the selected, 0 elsewhere.
+
+        Also records the load-balancing term of this forward in `last_lb`.
+        """
+        if self.router is None:
+            self.last_lb = None
+            return torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)
+        logits = self.router(x)
+        top_vals, top_idx = logits.topk(self.top_k, dim=-1)
+        weights = torch.zeros_like(logits).scatter(-1, top_idx, top_vals.softmax(dim=-1))
+        n_exp = logits.shape[-1]
+        chosen = torch.zeros_like(logits).scatter(-1, top_idx, 1.0 / self.top_k)
+        f = chosen.reshape(-1, n_exp).mean(0)  # fraction of routing slots per expert
+        p = weights.reshape(-1, n_exp).mean(0)  # mean routing probability per expert
+        self.last_lb = n_exp * (self.lb_coeff * f * p).sum()
+        if self.keep_weights:
+            self.last_weights = weights.detach()
+        return weights
+
+
+class MixtureMLP(nn.Module):
+    """The frozen MLP turned into a token-level mixture of LoRA experts.
+
+    Expert e is the whole frozen MLP with its own LoRA on every linear, so the output is
+    Σ_e w_e(x) · MLP_e(x). Two exact identities keep this as cheap as one LoRA-MLP:
+    the frozen input-side matmuls W x are the same for every expert (computed once), and the
+    frozen output-side map is linear with Σ_e w_e = 1, so Σ_e w_e (W_d h_e + b) = W_d (Σ_e w_e h_e) + b
+    (computed once). Only the LoRA terms and the element-wise activation run per expert, batched
+    over E in one einsum. Unselected experts carry weight 0 and receive no gradient.
+    """
+
+    def __init__(
+        self,
+        mlp: nn.Module,
+        up_names: list[str],
+        down_name: str,
+        gated: bool,
+        activation: Callable[[torch.Tensor], torch.Tensor],
+        dropout: nn.Module | None,
+    ) -> None:
+        super().__init__()
+        self.mlp = mlp
+        self.up_names = list(up_names)
+        self.down_name = down_name
+        self.gated = gated
+        self.activation = activation
+        self.dropout = dropout
+        self.up_dims = [linear_dims(getattr(mlp, n)) for n in up_names]
+        self.down_dims = linear_dims(getattr(mlp, down_name))
+        object.__setattr__(self, "bank", None)
+
+    def attach(self, bank: ExpertBank | None) -> None:
+        object.__setattr__(self, "bank", bank)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bank: ExpertBank | None = self.bank
+        if bank is None:
+            return self.mlp(x)
+        ups = [
+            getattr(self.mlp, name)(x).unsqueeze(0) + lora.delta_shared_input(x)
+            for name, lora in zip(self.up_names, bank.ups)
+        ]  # each (E, B, T, d_ff)
+        hidden = self.activation(ups[0]) * ups[1] if self.gated else self.activation(ups[0])
+        weights = bank.route(x)  # (B, T, E)
+        mixed = torch.einsum("ebtf,bte->btf", hidden, weights)
+        out = getattr(self.mlp, self.down_name)(mixed)
+        out = out + torch.einsum("ebto,bte->bto", bank.down.delta_per_expert(hidden), weights)
+        if self.dropout is not None:
+            out = self.dropout(out)
+        return out

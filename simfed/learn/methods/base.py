@@ -1,0 +1,107 @@
+"""The seam between the learning and the run glue: `Method` and the typed values it exchanges.
+
+A method is plain torch code with five verbs (DESIGN.md): setup, download, local_update,
+aggregate, evaluate — plus the two questions the simulated world must have answered *before*
+any training: how many FLOPs a device's local round costs and which tensors (shapes) it uploads.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from simfed.data.federated import UserData
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A device's resources as the learning side sees them (drawn by the simulated fleet)."""
+
+    memory_bytes: float
+    flops_per_s: float
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    client_id: int
+    budget: Budget
+    data: UserData
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """What one local round asks of a device."""
+
+    round_index: int  # server round (0-based)
+    total_rounds: int  # rounds of the whole run: the lr schedule spans them
+    seed: int  # scenario seed: with client and round it fixes the batches drawn
+
+
+@dataclass(frozen=True)
+class Update:
+    """What a device sends back after local training: the upload plus bookkeeping."""
+
+    client: int
+    upload: dict[str, torch.Tensor]
+    n_tokens: int  # training tokens processed this round
+    train_loss: float  # mean training cross-entropy of this round's expert steps
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    ppl: float
+    acc: float
+    n_tokens: int
+
+
+Split = Literal["train", "val", "test"]
+
+
+class Method(ABC):
+    """A federated fine-tuning method over one shared frozen base model."""
+
+    name: str
+
+    @abstractmethod
+    def setup(self, clients: list[ClientInfo], seed: int) -> None:
+        """Allocate each client's adapter structure from its budget and the server's state."""
+
+    @abstractmethod
+    def download(self, client: int) -> dict[str, torch.Tensor]:
+        """What the server sends `client` now (new tensors; the caller may keep them)."""
+
+    @abstractmethod
+    def local_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> Update:
+        """Real local training of `client` starting from `received`."""
+
+    @abstractmethod
+    def aggregate(self, updates: list[Update], round_index: int) -> None:
+        """The server's merge of the updates it accepted this round."""
+
+    @abstractmethod
+    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
+        """Perplexity and next-token accuracy of `client`'s current local model on a split."""
+
+    @abstractmethod
+    def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the tensors `client` would upload now (bytes before training)."""
+
+    @abstractmethod
+    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of the tensors the server would send `client` now."""
+
+    @abstractmethod
+    def round_flops(self, client: int) -> float:
+        """FLOPs of `client`'s local work in one round (expert steps and router phases)."""
+
+    def describe_client(self, client: int) -> str:
+        """A short human label of the client's structure, e.g. '1G+3S r8' or 'rank 16'."""
+        return ""
+
+    measured_model: str = (
+        "each device's local model after its last local update, before aggregation "
+        "(devices that never trained: the server model with fresh private adapters)"
+    )

@@ -1,0 +1,85 @@
+"""CoMiGS: a mixture of generalist (shared) and specialist (private) LoRA experts per device.
+
+Variants (ALGORITHMS.md): 1g1s (E = 2: one generalist, one specialist), 1gxs (E from the
+device's budget, 2 … max_experts), 2g (both experts shared), 2s (both private). Attention LoRA
+is always shared. The router is always private. Experts train on the train split, routers on the
+validation split every τ expert steps.
+"""
+from __future__ import annotations
+
+import torch
+
+from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.budget import experts_for_budget
+from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
+from simfed.learn.methods.common import expert_index, is_attention, recipe_for
+from simfed.learn.methods.federation import AdapterFederation
+from simfed.learn.spec import MethodSpec, TrainingSpec
+
+
+def generalist_coefficients(n_experts: int, importance: float = 0.5) -> torch.Tensor:
+    """Load-balancing coefficients that favour the generalist (paper eq. 6):
+    c_0 = 1/(E·imp), c_j = (E−1)/(E(1−imp)) for the specialists."""
+    c = torch.full((n_experts,), (n_experts - 1) / (n_experts * (1 - importance)))
+    c[0] = 1.0 / (n_experts * importance)
+    return c
+
+
+class CoMiGS(Method):
+    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel, router_split: str = "val") -> None:
+        self.name = spec.name
+        self.spec = spec
+        variant = spec.variant
+        shared_experts = {"1g1s": {0}, "1gxs": {0}, "2g": None, "2s": set()}[variant]
+
+        def shared(name: str) -> bool:
+            if is_attention(name):
+                return True
+            e = expert_index(name)
+            if e is None:  # routers
+                return False
+            return shared_experts is None or e in shared_experts
+
+        self.fed = AdapterFederation(model, recipe_for(spec, training, router_split), shared, training.eval_windows)
+
+    def _n_experts(self, client: ClientInfo) -> int:
+        if self.spec.variant != "1gxs":
+            return 2
+        b = client.budget
+        return experts_for_budget(b.memory_bytes, b.flops_per_s, self.spec.max_experts)
+
+    def setup(self, clients: list[ClientInfo], seed: int) -> None:
+        r = self.spec.rank
+        shapes = {c.client_id: AdapterShape(self._n_experts(c), r, r) for c in clients}
+        server_experts = 2 if self.spec.variant == "2g" else 1
+        self.fed.setup(clients, shapes, AdapterShape(server_experts, r, r), seed)
+
+    def download(self, client: int) -> dict[str, torch.Tensor]:
+        return self.fed.download(client)
+
+    def local_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> Update:
+        state = self.fed.store.get_or_create(client)
+        if self.spec.lb_form == "generalist":
+            for bank in state.adapters.banks():
+                bank.lb_coeff.copy_(generalist_coefficients(bank.n_experts))
+        return self.fed.local_update(client, received, plan)
+
+    def aggregate(self, updates: list[Update], round_index: int) -> None:
+        if updates:
+            self.fed.mean_into_server(updates, self.fed.client_weights(updates, self.spec.aggregation_weights))
+
+    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
+        return self.fed.evaluate(client, split)
+
+    def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return self.fed.shapes_of(client, self.fed.shared_names(client))
+
+    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return self.upload_shapes(client)
+
+    def round_flops(self, client: int) -> float:
+        return self.fed.round_flops(client)
+
+    def describe_client(self, client: int) -> str:
+        e = self.fed.shapes[client].n_experts
+        return {"2g": "2G", "2s": "2S"}.get(self.spec.variant, f"1G+{e - 1}S")

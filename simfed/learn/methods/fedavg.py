@@ -1,0 +1,46 @@
+"""FedAvg (McMahan et al. 2017) on LoRA: one LoRA per device on attention and MLP, all of it shared."""
+from __future__ import annotations
+
+import torch
+
+from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
+from simfed.learn.methods.common import recipe_for
+from simfed.learn.methods.federation import AdapterFederation
+from simfed.learn.spec import MethodSpec, TrainingSpec
+
+
+class FedAvg(Method):
+    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: True, training.eval_windows)
+
+    def setup(self, clients: list[ClientInfo], seed: int) -> None:
+        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
+        self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
+
+    def download(self, client: int) -> dict[str, torch.Tensor]:
+        return self.fed.download(client)
+
+    def local_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> Update:
+        return self.fed.local_update(client, received, plan)
+
+    def aggregate(self, updates: list[Update], round_index: int) -> None:
+        if updates:
+            self.fed.mean_into_server(updates, self.fed.client_weights(updates, self.spec.aggregation_weights))
+
+    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
+        return self.fed.evaluate(client, split)
+
+    def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return self.fed.shapes_of(client, self.fed.shared_names(client))
+
+    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return self.upload_shapes(client)
+
+    def round_flops(self, client: int) -> float:
+        return self.fed.round_flops(client)
+
+    def describe_client(self, client: int) -> str:
+        return f"LoRA r{self.spec.rank}"

@@ -1,0 +1,157 @@
+"""What every adapter-based method shares, as a part to compose (not a base class to inherit).
+
+`AdapterFederation` keeps, over ONE adapted base model: each client's adapter shape, the lazily
+created client states, the server's copy of the shared tensors, and the client's deterministic
+data windows. A method decides which tensors are shared (`shared(name)`), how a client's shape
+follows from its budget, and how the server merges; the federation does the rest the same way
+for all of them: download = server tensors, local update = copy in + train + upload the shared
+tensors, evaluation = the client's local model on fixed windows.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from simfed.learn.adapters import AdaptedModel, AdapterShape, DeviceAdapters, copy_into
+from simfed.learn.evaluate import evaluate_windows, evaluation_windows
+from simfed.learn.flops import ModelDims, round_flops, router_phases_in_round
+from simfed.learn.local_update import ClientState, Recipe, batch_rng, new_client_state, train_locally
+from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Split, Update
+from simfed.learn.store import ClientStore
+
+
+def torch_generator(seed: int, *keys: int) -> torch.Generator:
+    """A torch Generator seeded from (seed, *keys) through numpy's SeedSequence (no global seeding)."""
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+SERVER_KEY = 1 << 30  # generator key of the server's initialisation (never a client id)
+
+
+class AdapterFederation:
+    """Clients' adapters, the server's shared tensors, and the verbs built on them."""
+
+    def __init__(
+        self,
+        model: AdaptedModel,
+        recipe: Recipe,
+        shared: Callable[[str], bool],
+        eval_windows: int,
+        eval_batch: int = 8,
+    ) -> None:
+        self.model = model
+        self.recipe = recipe
+        self.shared = shared
+        self.eval_windows = eval_windows
+        self.eval_batch = eval_batch
+        self.dims = ModelDims.of(model)
+        self.clients: dict[int, ClientInfo] = {}
+        self.shapes: dict[int, AdapterShape] = {}
+        self.server: dict[str, torch.Tensor] = {}
+        self.seed = 0
+        self.store = ClientStore(self._fresh_state)
+        self._windows: dict[tuple[int, str], np.ndarray] = {}
+        self._names_by_shape: dict[AdapterShape, list[str]] = {}
+        # what a never-trained client's adapters hold of the server (HetLoRA pads it to its rank)
+        self.fresh_payload: Callable[[int], dict[str, torch.Tensor]] = self.download
+
+    # --- setup -----------------------------------------------------------------------------
+    def setup(self, clients: list[ClientInfo], shapes: dict[int, AdapterShape], server_shape: AdapterShape, seed: int) -> None:
+        """Register clients and draw the server's initial shared tensors (one init for all)."""
+        self.clients = {c.client_id: c for c in clients}
+        self.shapes = dict(shapes)
+        self.seed = seed
+        server = self.model.new_adapters(server_shape, torch_generator(seed, SERVER_KEY))
+        self.server = {k: v.clone() for k, v in server.views().items() if self.shared(k)}
+
+    def _fresh_state(self, client: int) -> ClientState:
+        adapters = self.model.new_adapters(self.shapes[client], torch_generator(self.seed, client))
+        return new_client_state(adapters, self.recipe)
+
+    # --- names and shapes ------------------------------------------------------------------
+    def shared_names(self, client: int) -> list[str]:
+        """The client's tensors that the server holds (its download and its upload)."""
+        return [name for name in self._names(client) if name in self.server]
+
+    def _names(self, client: int) -> list[str]:
+        shape = self.shapes[client]
+        if shape not in self._names_by_shape:  # names depend on the shape alone
+            probe = self.model.new_adapters(shape, torch.Generator().manual_seed(0))
+            self._names_by_shape[shape] = list(probe.views())
+        return self._names_by_shape[shape]
+
+    def shapes_of(self, client: int, names: list[str]) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(self.server[n].shape) for n in names}
+
+    # --- verbs -------------------------------------------------------------------------------
+    def download(self, client: int) -> dict[str, torch.Tensor]:
+        return {n: self.server[n].clone() for n in self.shared_names(client)}
+
+    def local_update(
+        self,
+        client: int,
+        received: dict[str, torch.Tensor],
+        plan: LocalPlan,
+        regulariser: Callable[[DeviceAdapters], torch.Tensor] | None = None,
+        after_step: Callable[[DeviceAdapters], None] | None = None,
+    ) -> Update:
+        state = self.store.get_or_create(client)
+        copy_into(state.adapters, received)
+        info = self.clients[client]
+        steps = self.recipe.local_steps
+
+        def progress_at(step: int) -> float:
+            return (plan.round_index * steps + step) / max(plan.total_rounds * steps, 1)
+
+        loss, n_tokens = train_locally(
+            self.model, state, info.data.train, info.data.val, self.recipe, progress_at,
+            batch_rng(plan.seed, client, plan.round_index, 0), regulariser, after_step,
+        )
+        views = state.adapters.views()
+        upload = {n: views[n].detach().clone() for n in self.shared_names(client)}
+        self.store.release(client)
+        return Update(client=client, upload=upload, n_tokens=n_tokens, train_loss=loss)
+
+    def mean_into_server(self, updates: list[Update], weights: list[float]) -> None:
+        """Server tensor ← weighted mean over the updates that carry it (others keep their value)."""
+        for name in self.server:
+            carriers = [(u.upload[name], w) for u, w in zip(updates, weights) if name in u.upload]
+            if not carriers:
+                continue
+            total = sum(w for _, w in carriers)
+            merged = sum((w / total) * t.double() for t, w in carriers)
+            self.server[name] = merged.to(self.server[name].dtype)
+
+    def client_weights(self, updates: list[Update], mode: str) -> list[float]:
+        return [float(u.n_tokens) if mode == "tokens" else 1.0 for u in updates]
+
+    def local_adapters(self, client: int) -> DeviceAdapters:
+        """The model the client has now: its own state, or — never trained — the server's tensors
+        over fresh private adapters."""
+        state = self.store.peek(client)
+        if state is not None:
+            return state.adapters
+        adapters = self.model.new_adapters(self.shapes[client], torch_generator(self.seed, client))
+        copy_into(adapters, self.fresh_payload(client))
+        return adapters
+
+    def windows(self, client: int, split: Split) -> np.ndarray:
+        key = (client, split)
+        if key not in self._windows:
+            tokens = getattr(self.clients[client].data, split)
+            self._windows[key] = evaluation_windows(tokens, self.recipe.seq_len, self.eval_windows)
+        return self._windows[key]
+
+    def evaluate(self, client: int, split: Split) -> EvalResult:
+        return evaluate_windows(self.model, self.local_adapters(client), self.windows(client, split), self.eval_batch)
+
+    def round_flops(self, client: int) -> float:
+        shape = self.shapes[client]
+        state = self.store.peek(client)
+        step = state.global_step if state is not None else 0
+        phases = router_phases_in_round(step, self.recipe.local_steps, self.recipe.tau) if shape.n_experts > 1 else 0
+        r = self.recipe
+        return round_flops(self.dims, shape, r.batch_size, r.seq_len, r.local_steps, phases, r.router_steps)

@@ -1,0 +1,133 @@
+"""HetLoRA (Cho et al. 2023): one LoRA per device with a rank sized to its budget.
+
+The server holds every LoRA at r_max. Download truncates to the device's current rank; upload is
+the device's rank-r_i pair; aggregation zero-pads A (rows) and B (columns) to r_max and weights
+devices by their update's norm (paper: ‖B_i A_i‖_F per module; option: the reference code's
+per-matrix norms). Self-pruning: the device trains with λ_p·Σ ‖A[⌊γr⌋:r]‖·‖B[:,⌊γr⌋:r]‖ added to
+its loss; after a round (never the first) the server lowers a device's rank by one when the tail
+norm of its upload is below the tail norm of the global model it received, at the same slices.
+Pruned slices stay zero on the device (they also get no gradient: A's pruned rows meet zero B
+columns). Each device keeps its initial scaling s = alpha/√r_i0: pruning zeroes slices rather than
+re-scaling the rest.
+"""
+from __future__ import annotations
+
+import torch
+
+from simfed.learn.adapters import AdaptedModel, AdapterShape, DeviceAdapters
+from simfed.learn.aggregate import hetlora_aggregate, lora_modules, tail_norm, tail_start, truncate_rank, zero_pad_rank
+from simfed.learn.budget import rank_for_budget
+from simfed.learn.lora import StackedLoRA
+from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
+from simfed.learn.methods.common import recipe_for
+from simfed.learn.methods.federation import AdapterFederation
+from simfed.learn.spec import MethodSpec, TrainingSpec
+
+State = dict[str, torch.Tensor]
+
+
+def truncate_state(state: State, rank: int) -> State:
+    out: State = {}
+    for m in lora_modules(state):
+        out[f"{m}.lora_A"], out[f"{m}.lora_B"] = truncate_rank(state[f"{m}.lora_A"], state[f"{m}.lora_B"], rank)
+    return out
+
+
+def pad_state(state: State, rank: int) -> State:
+    out: State = {}
+    for m in lora_modules(state):
+        out[f"{m}.lora_A"], out[f"{m}.lora_B"] = zero_pad_rank(state[f"{m}.lora_A"], state[f"{m}.lora_B"], rank)
+    return out
+
+
+def prune_decisions(
+    uploads: dict[int, State], received: dict[int, State], ranks: dict[int, int], gamma: float, round_index: int
+) -> dict[int, int]:
+    """The new rank of every reporting device: one lower when its tail norm is below the global's."""
+    new = dict(ranks)
+    if round_index == 0:
+        return new
+    for client, upload in uploads.items():
+        r = ranks[client]
+        if r <= 1:
+            continue
+        if float(tail_norm(upload, r, gamma)) < float(tail_norm(received[client], r, gamma)):
+            new[client] = r - 1
+    return new
+
+
+class HetLoRA(Method):
+    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: True, training.eval_windows)
+        self.ranks: dict[int, int] = {}  # current (possibly pruned) rank per client
+        self.initial_ranks: dict[int, int] = {}
+        self.max_rank = 0
+        self._received: dict[int, State] = {}
+
+    def setup(self, clients: list[ClientInfo], seed: int) -> None:
+        s = self.spec
+        for c in clients:
+            b = c.budget
+            self.initial_ranks[c.client_id] = rank_for_budget(
+                b.memory_bytes, b.flops_per_s, s.max_experts, s.rank, s.match, 2, s.min_rank, s.max_rank
+            )
+        self.ranks = dict(self.initial_ranks)
+        self.max_rank = max(self.initial_ranks.values())
+        shapes = {c: AdapterShape(1, r, r) for c, r in self.initial_ranks.items()}
+        self.fed.setup(clients, shapes, AdapterShape(1, self.max_rank, self.max_rank), seed)
+        self.fed.fresh_payload = lambda c: pad_state(self.download(c), self.initial_ranks[c])
+
+    def download(self, client: int) -> State:
+        return truncate_state(self.fed.server, self.ranks[client])
+
+    def local_update(self, client: int, received: State, plan: LocalPlan) -> Update:
+        rank = self.ranks[client]
+        self._received[client] = {k: v.clone() for k, v in received.items()}
+        padded = pad_state(received, self.initial_ranks[client])
+        gamma, lam = self.spec.prune_gamma, self.spec.prune_lambda
+
+        def regulariser(adapters: DeviceAdapters) -> torch.Tensor:
+            k = tail_start(rank, gamma)
+            terms = [
+                torch.linalg.norm(m.lora_A[0, k:rank]) * torch.linalg.norm(m.lora_B[0, :, k:rank])
+                for m in adapters.modules()
+                if isinstance(m, StackedLoRA)
+            ]
+            return lam * torch.stack(terms).sum()
+
+        def keep_pruned_zero(adapters: DeviceAdapters) -> None:
+            with torch.no_grad():
+                for m in adapters.modules():
+                    if isinstance(m, StackedLoRA):
+                        m.lora_A[:, rank:].zero_()
+                        m.lora_B[:, :, rank:].zero_()
+
+        update = self.fed.local_update(client, padded, plan, regulariser if lam > 0 else None, keep_pruned_zero)
+        upload = truncate_state(update.upload, rank)
+        return Update(client, upload, update.n_tokens, update.train_loss, {"rank": float(rank)})
+
+    def aggregate(self, updates: list[Update], round_index: int) -> None:
+        if not updates:
+            return
+        uploads = [u.upload for u in updates]
+        self.fed.server = hetlora_aggregate(uploads, self.max_rank, self.spec.norm_weighting)
+        received = {u.client: self._received.pop(u.client) for u in updates if u.client in self._received}
+        reporting = {u.client: u.upload for u in updates if u.client in received}
+        self.ranks = prune_decisions(reporting, received, self.ranks, self.spec.prune_gamma, round_index)
+
+    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
+        return self.fed.evaluate(client, split)
+
+    def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in truncate_state(self.fed.server, self.ranks[client]).items()}
+
+    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return self.upload_shapes(client)
+
+    def round_flops(self, client: int) -> float:
+        return self.fed.round_flops(client)
+
+    def describe_client(self, client: int) -> str:
+        return f"rank {self.ranks[client]}"

@@ -1,0 +1,102 @@
+"""Per-device state: only adapters, router and optimizer state — the base model is shared.
+
+A device that never trained holds nothing. States live in memory, or — when a spill directory
+is given — in one safetensors file per device between uses (weights, AdamW moments and step
+counters as tensors, the rest as JSON metadata), so thousands of registered devices cost disk,
+not RAM.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from simfed.learn.local_update import ClientState
+
+
+def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    sd = opt.state_dict()
+    for idx, slots in sd["state"].items():
+        for key, value in slots.items():
+            tensors[f"{prefix}.{idx}.{key}"] = torch.as_tensor(value).clone()
+    meta[prefix] = json.dumps(sd["param_groups"])
+
+
+def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith(prefix + "."):
+            _, idx, key = name.rsplit(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta[prefix])})
+
+
+def save_client_state(state: ClientState, path: Path) -> None:
+    tensors = {f"adapters.{k}": v.detach().clone() for k, v in state.adapters.state_dict().items()}
+    meta = {"global_step": str(state.global_step), "extra": json.dumps(state.extra)}
+    _flatten_optimizer("expert_opt", state.expert_opt, tensors, meta)
+    if state.router_opt is not None:
+        _flatten_optimizer("router_opt", state.router_opt, tensors, meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
+
+
+def load_client_state(fresh: ClientState, path: Path) -> ClientState:
+    """Fill a freshly built state of the right shape from `path`."""
+    from safetensors import safe_open
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    adapters_sd = {k[len("adapters.") :]: v for k, v in tensors.items() if k.startswith("adapters.")}
+    fresh.adapters.load_state_dict(adapters_sd)
+    _restore_optimizer("expert_opt", fresh.expert_opt, tensors, meta)
+    if fresh.router_opt is not None:
+        _restore_optimizer("router_opt", fresh.router_opt, tensors, meta)
+    fresh.global_step = int(meta["global_step"])
+    fresh.extra = json.loads(meta["extra"])
+    return fresh
+
+
+class ClientStore:
+    """Client id → `ClientState`, created lazily by `make` the first time a client needs one."""
+
+    def __init__(self, make: Callable[[int], ClientState], spill_dir: Path | None = None) -> None:
+        self._make = make
+        self._spill_dir = spill_dir
+        self._memory: dict[int, ClientState] = {}
+        self._on_disk: set[int] = set()
+
+    def __contains__(self, client: int) -> bool:
+        return client in self._memory or client in self._on_disk
+
+    def __len__(self) -> int:
+        return len(self._memory) + len(self._on_disk)
+
+    def _path(self, client: int) -> Path:
+        assert self._spill_dir is not None
+        return self._spill_dir / f"client-{client}.safetensors"
+
+    def get_or_create(self, client: int) -> ClientState:
+        """The client's state, loaded from disk if spilled, built fresh if it never existed."""
+        if client in self._memory:
+            return self._memory[client]
+        state = self._make(client)
+        if client in self._on_disk:
+            state = load_client_state(state, self._path(client))
+        self._memory[client] = state
+        return state
+
+    def peek(self, client: int) -> ClientState | None:
+        """The client's state if it has one, without creating it."""
+        return self.get_or_create(client) if client in self else None
+
+    def release(self, client: int) -> None:
+        """Done with the client for now: with a spill directory its state leaves memory for disk."""
+        if self._spill_dir is None or client not in self._memory:
+            return
+        save_client_state(self._memory.pop(client), self._path(client))
+        self._on_disk.add(client)

@@ -1,0 +1,224 @@
+"""The live view of a run: one row per method, redrawn a few times a second (rich `Live`).
+
+It observes the engine's event dicts (see `simfed/sim/events.py` for their fields) and the
+runner's evaluations; it never imports the engine. Off a terminal, or with `--quiet`, it prints
+one plain line per round instead (no escape codes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+REFRESH_PER_SECOND = 4  # screen redraws per second, however many events arrive
+
+
+def output_console() -> Console:
+    """stdout's console; off a terminal, wide enough that tables keep one line per row."""
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 160))
+
+
+def human_bytes(n: float | None) -> str:
+    """1234567 → '1.2 MB' (decimal units, as link rates are quoted)."""
+    if n is None or (isinstance(n, float) and not math.isfinite(n)):
+        return "-"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def clock(seconds: float | None) -> str:
+    """Simulated seconds → 'h:mm:ss'."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _num(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, fmt)
+
+
+@dataclass
+class MethodState:
+    """What the view knows about one method's run so far (reset when a new seed starts)."""
+
+    status: str = "waiting"  # waiting | running | done
+    seed: int | None = None
+    round: int = 0  # rounds started (1-based index of the current round)
+    rounds_done: int = 0
+    t: float = 0.0  # simulated clock, seconds
+    bytes_up: int = 0
+    bytes_down: int = 0
+    in_flight: set[int] = field(default_factory=set)  # selected devices not yet finished or dropped
+    dropped: int = 0
+    stragglers: int = 0
+    aggregated: int = 0  # updates merged by the server, all rounds
+    ppl: float | None = None  # last mean perplexity over devices
+    acc: float | None = None
+    pending_line: bool = False  # plain mode: a finished round waiting for its evaluation
+
+    def apply(self, e: Mapping[str, Any]) -> None:
+        kind = e.get("kind")
+        self.t = max(self.t, float(e.get("t") or 0.0))
+        device = e.get("device")
+        if kind == "round_start":
+            self.round = int(e.get("round", 0)) + 1
+        elif kind == "selected" and device is not None:
+            self.in_flight.add(device)
+        elif kind == "download_end":
+            self.bytes_down += e.get("bytes") or 0
+        elif kind == "upload_end":
+            self.bytes_up += e.get("bytes") or 0
+            self.in_flight.discard(device)
+        elif kind == "dropped":
+            self.dropped += 1
+            self.in_flight.discard(device)
+            if e.get("phase") == "download":
+                self.bytes_down += e.get("bytes") or 0
+            elif e.get("phase") == "upload":
+                self.bytes_up += e.get("bytes") or 0
+        elif kind == "straggler":
+            self.stragglers += 1
+        elif kind == "aggregated":
+            self.aggregated += e.get("count") or len(e.get("devices") or ())
+        elif kind == "round_end":
+            self.rounds_done = int(e.get("round", 0)) + 1
+
+
+class ProgressView:
+    """Observer of a run: `with ProgressView(names, rounds, enabled) as view: ...`.
+
+    The runner calls `on_method_start` (optional), `on_event` for every engine event,
+    `on_metrics` after every evaluation and `on_method_done` at the end of each method × seed.
+    `enabled=False` (or stdout not a terminal) gives plain one-line-per-round output.
+    """
+
+    def __init__(self, methods: list[str], rounds: int, enabled: bool = True,
+                 console: Console | None = None):
+        self.console = console or output_console()
+        self.rounds = rounds
+        self.states: dict[str, MethodState] = {name: MethodState() for name in methods}
+        self.live_mode = enabled and self.console.is_terminal
+        self._live: Live | None = None
+
+    # ------------------------------------------------------------ context
+
+    def __enter__(self) -> "ProgressView":
+        if self.live_mode:
+            self._live = Live(console=self.console, get_renderable=self.table,
+                              refresh_per_second=REFRESH_PER_SECOND, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None
+        else:
+            for name in self.states:
+                self._flush_pending(name)
+
+    # ------------------------------------------------------------ observer API
+
+    def _state(self, method: str) -> MethodState:
+        return self.states.setdefault(method, MethodState())
+
+    def on_method_start(self, method: str, seed: int | None = None) -> None:
+        """A method (with this seed) begins: its counters start from zero."""
+        self._flush_pending(method)
+        self.states[method] = MethodState(status="running", seed=seed)
+
+    def on_event(self, method: str, event_dict: Mapping[str, Any]) -> None:
+        state = self._state(method)
+        if event_dict.get("kind") == "round_start":
+            self._flush_pending(method)
+            if int(event_dict.get("round", 0)) == 0 and (state.rounds_done or state.status == "done"):
+                self.states[method] = state = MethodState(seed=state.seed)  # a new seed began
+        state.status = "running"
+        state.apply(event_dict)
+        if event_dict.get("kind") == "round_end" and not self.live_mode:
+            state.pending_line = True
+
+    def on_metrics(self, method: str, round: int, mean_ppl: float, mean_acc: float) -> None:
+        state = self._state(method)
+        state.ppl, state.acc = mean_ppl, mean_acc
+        if self.live_mode:
+            return
+        if state.pending_line:
+            self._flush_pending(method)
+        else:
+            self._print(f"{method}  eval at round {round}: ppl {_num(mean_ppl, '.2f')}  "
+                        f"acc {_num(mean_acc, '.3f')}")
+
+    def on_method_done(self, method: str) -> None:
+        self._flush_pending(method)
+        state = self._state(method)
+        state.status = "done"
+        state.in_flight.clear()
+        if not self.live_mode:
+            seed = "" if state.seed is None else f" (seed {state.seed})"
+            self._print(f"{method}{seed}  done: {state.rounds_done} rounds, sim {clock(state.t)}, "
+                        f"final ppl {_num(state.ppl, '.2f')}")
+
+    # ------------------------------------------------------------ plain lines
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.console.file, flush=True)
+
+    def _flush_pending(self, method: str) -> None:
+        state = self.states.get(method)
+        if state is None or not state.pending_line:
+            return
+        state.pending_line = False
+        self._print(
+            f"{method}  round {state.rounds_done}/{self.rounds}  sim {clock(state.t)}  "
+            f"up {human_bytes(state.bytes_up)}  down {human_bytes(state.bytes_down)}  "
+            f"aggregated {state.aggregated}  dropped {state.dropped}  "
+            f"stragglers {state.stragglers}  ppl {_num(state.ppl, '.2f')}")
+
+    # ------------------------------------------------------------ the live table
+
+    def table(self) -> Table:
+        table = Table(title="simfed", title_justify="left", expand=False)
+        for header, justify in (("method", "left"), ("status", "left"), ("round", "right"),
+                                ("sim clock", "right"), ("up", "right"), ("down", "right"),
+                                ("in flight", "right"), ("dropped", "right"),
+                                ("stragglers", "right"), ("aggregated", "right"),
+                                ("mean ppl", "right"), ("acc", "right")):
+            table.add_column(header, justify=justify)
+        style = {"waiting": "dim", "running": "bold yellow", "done": "green"}
+        for name, s in list(self.states.items()):
+            label = name if s.seed is None else f"{name} (seed {s.seed})"
+            table.add_row(label, f"[{style.get(s.status, '')}]{s.status}[/]",
+                          f"{s.round}/{self.rounds}", clock(s.t), human_bytes(s.bytes_up),
+                          human_bytes(s.bytes_down), str(len(s.in_flight)), str(s.dropped),
+                          str(s.stragglers), str(s.aggregated), _num(s.ppl, ".2f"),
+                          _num(s.acc, ".3f"))
+        return table
+
+    # ------------------------------------------------------------ the end
+
+    def print_comparison(self, summary: Mapping[str, Any]) -> None:
+        """The final table: `summarize_metrics(run_dir)` or summary.json (its "methods")."""
+        methods = summary.get("methods", summary)
+        table = Table(title="comparison", title_justify="left")
+        for header in ("method", "final ppl", "acc", "rounds", "sim time", "up", "down",
+                       "dropouts", "stragglers", "wasted compute", "wasted bytes"):
+            table.add_column(header, justify="left" if header == "method" else "right")
+        for name, m in methods.items():
+            table.add_row(
+                name, _num(m.get("final_mean_ppl"), ".2f"), _num(m.get("final_mean_acc"), ".3f"),
+                _num(m.get("rounds"), ".0f"), clock(m.get("sim_time_s")),
+                human_bytes(m.get("bytes_up")), human_bytes(m.get("bytes_down")),
+                _num(m.get("dropouts"), ".0f"), _num(m.get("stragglers"), ".0f"),
+                clock(m.get("wasted_compute_s")), human_bytes(m.get("wasted_bytes")))
+        self.console.print(table)

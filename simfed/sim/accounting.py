@@ -1,0 +1,108 @@
+"""`Tally`: an observer that keeps the run's cumulative costs and a live view of the devices.
+
+Definitions (see events.py for which event carries what):
+- bytes_down / bytes_up: bytes that actually moved, including the part of a transfer that a
+  dropout cut (whole bytes arrived by the cut; the latency moves nothing).
+- energy_j: all compute and radio energy spent, wasted or not.
+- wasted_*: spent on behalf of an update the server never uses. A dropped device wastes its
+  whole round (bytes both ways, compute seconds, energy). A straggler wastes its upload only
+  (bytes and energy): it keeps its local training, so its compute is not counted as wasted.
+- dropouts, stragglers: counts of `dropped` and `straggler` events.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from simfed.sim.events import SimEvent
+
+
+@dataclass
+class Tally:
+    bytes_down: int = 0  # bytes received by devices
+    bytes_up: int = 0  # bytes sent by devices
+    energy_j: float = 0.0  # joules, all devices
+    flops: float = 0.0  # FLOPs executed, including cut work
+    compute_s: float = 0.0  # device compute seconds, including cut work
+    rounds: int = 0  # rounds closed
+    updates_aggregated: int = 0  # updates the server merged
+    dropouts: int = 0
+    stragglers: int = 0
+    wasted_compute_s: float = 0.0
+    wasted_bytes: int = 0
+    wasted_energy_j: float = 0.0
+    sim_time_s: float = 0.0  # time of the last event, seconds
+    round_dropped: int = 0  # dropouts among the current round's devices (live view)
+    current_round: int | None = None
+    round_open: bool = False
+    _working: dict[int, int] = field(default_factory=dict, repr=False)  # device -> round it works for
+
+    def __call__(self, event: SimEvent) -> None:
+        self.sim_time_s = max(self.sim_time_s, event.t)
+        kind = event.kind
+        if kind == "round_start":
+            self.current_round, self.round_open, self.round_dropped = event.round, True, 0
+        elif kind == "selected":
+            self._working[event.device] = event.round
+        elif kind == "download_end":
+            self.bytes_down += event.bytes
+        elif kind == "compute_end":
+            self.flops += event.flops
+            self.compute_s += event.seconds
+        elif kind == "upload_end":
+            self.bytes_up += event.bytes
+            self._working.pop(event.device, None)
+        elif kind == "dropped":
+            self._count_drop(event)
+        elif kind == "straggler":
+            self.stragglers += 1
+            self._waste(event)
+        elif kind == "aggregated":
+            self.updates_aggregated += event.count
+            self.round_open = False
+        elif kind == "round_end":
+            self.rounds += 1
+        if event.energy_j is not None:
+            self.energy_j += event.energy_j
+
+    def _count_drop(self, event: SimEvent) -> None:
+        self.dropouts += 1
+        if event.round == self.current_round:
+            self.round_dropped += 1
+        self._working.pop(event.device, None)
+        if event.phase == "download":
+            self.bytes_down += event.bytes
+        elif event.phase == "upload":
+            self.bytes_up += event.bytes
+        else:
+            self.flops += event.flops
+            self.compute_s += event.seconds
+        self._waste(event)
+
+    def _waste(self, event: SimEvent) -> None:
+        self.wasted_bytes += event.wasted_bytes
+        self.wasted_compute_s += event.wasted_compute_s
+        self.wasted_energy_j += event.wasted_energy_j
+
+    @property
+    def in_flight(self) -> int:
+        """Devices working on the open round."""
+        if not self.round_open:
+            return 0
+        return sum(1 for r in self._working.values() if r == self.current_round)
+
+    @property
+    def straggling(self) -> int:
+        """Devices still working on a round that has closed."""
+        return len(self._working) - self.in_flight
+
+    def as_summary(self) -> dict[str, Any]:
+        return {
+            "sim_time_s": self.sim_time_s, "rounds": self.rounds, "updates_aggregated": self.updates_aggregated,
+            "bytes_down": self.bytes_down, "bytes_up": self.bytes_up, "energy_j": self.energy_j,
+            "flops": self.flops, "compute_s": self.compute_s,
+            "dropouts": self.dropouts, "stragglers": self.stragglers,
+            "wasted_bytes": self.wasted_bytes, "wasted_compute_s": self.wasted_compute_s,
+            "wasted_energy_j": self.wasted_energy_j,
+            "in_flight": self.in_flight, "straggling": self.straggling, "round_dropped": self.round_dropped,
+        }

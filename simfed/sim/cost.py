@@ -1,0 +1,49 @@
+"""The cost model: FLOPs -> seconds (with per-device, per-round noise), bytes -> seconds, energy.
+
+Pure functions of their arguments; the simulated clock advances only by these numbers, never by
+the host's wall clock.
+"""
+from __future__ import annotations
+
+import math
+
+from simfed.sim.streams import Purpose, stream
+
+BITS_PER_BYTE = 8
+
+
+def transfer_seconds(nbytes: int, bps: float, latency_s: float) -> float:
+    """latency + bytes * 8 / bandwidth. Nothing to send costs nothing (no round trip either)."""
+    if nbytes <= 0:
+        return 0.0
+    return latency_s + nbytes * BITS_PER_BYTE / bps
+
+
+def bytes_moved(nbytes: int, bps: float, latency_s: float, elapsed_s: float) -> int:
+    """Bytes of an `nbytes` transfer that had arrived `elapsed_s` after it began (a cut transfer).
+    The latency passes before the first byte; whole bytes only."""
+    if nbytes <= 0:
+        return 0
+    moved = math.floor(max(0.0, elapsed_s - latency_s) * bps / BITS_PER_BYTE)
+    return min(nbytes, moved)
+
+
+def compute_seconds(flops: float, flops_per_s: float, slowdown: float) -> float:
+    """Time of `flops` on a device of `flops_per_s`, stretched by this round's `slowdown`."""
+    return flops / flops_per_s * slowdown
+
+
+def compute_slowdown(seed: int, device: int, round_index: int, sigma: float) -> float:
+    """Run-to-run noise of one device in one round: lognormal with median 1 and ln-sd `sigma`
+    (thermal state, background apps). Drawn from the (seed, COMPUTE_NOISE, device, round) stream."""
+    z = stream(seed, Purpose.COMPUTE_NOISE, device, round_index).standard_normal()
+    return math.exp(sigma * z)
+
+
+def failure_after_s(seed: int, device: int, round_index: int, hazard_per_hour: float) -> float:
+    """Active seconds until `device` fails in round `round_index` under a constant hazard
+    (exponential); inf when the hazard is 0. From the (seed, DROPOUT, device, round) stream."""
+    if hazard_per_hour <= 0:
+        return math.inf
+    u = stream(seed, Purpose.DROPOUT, device, round_index).random()
+    return -math.log1p(-u) * 3600.0 / hazard_per_hour

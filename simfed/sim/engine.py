@@ -1,0 +1,61 @@
+"""The engine: builds the SimPy world (devices, links, server) and runs it, emitting events."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import simpy
+
+from simfed.sim.availability import timeline
+from simfed.sim.device import Device
+from simfed.sim.events import SimEvent
+from simfed.sim.fleet import DeviceProfile
+from simfed.sim.server import Doorbell, server
+from simfed.sim.spec import WorldSpec
+from simfed.sim.workload import Workload
+
+Observer = Callable[[SimEvent], None]
+
+
+class Engine:
+    """Runs the server's synchronous rounds over `fleet` until `world.server.rounds` rounds are
+    done or `max_sim_time_s` passes. Work still in flight at that moment is left unfinished.
+
+    `fleet` must be `build_fleet(world, seed)` (or the same devices): the runner builds it first
+    so that the learning side can size each device's adapters from its budget.
+    """
+
+    def __init__(self, world: WorldSpec, fleet: list[DeviceProfile], workload: Workload, seed: int,
+                 observers: Sequence[Observer] = ()):
+        if [device.device_id for device in fleet] != list(range(world.n_devices)):
+            raise ValueError(f"fleet must list devices 0..{world.n_devices - 1} in order (build_fleet(world, seed))")
+        self.world, self.fleet, self.workload, self.seed = world, fleet, workload, seed
+        self.observers = list(observers)
+        self.env: simpy.Environment | None = None
+        self.devices: list[Device] = []
+        self.sim_time_s = 0.0  # sim time when the run stopped, seconds
+
+    def emit(self, event: SimEvent) -> None:
+        for observe in self.observers:
+            observe(event)
+
+    def run(self) -> None:
+        env = self.env = simpy.Environment(initial_time=0.0)
+        doorbell = Doorbell(env)
+        self.devices = [
+            Device(env, profile, timeline(group_availability, self.seed, profile.device_id), doorbell.ring)
+            for profile, group_availability in zip(self.fleet, self._availability_specs())
+        ]
+        rounds = env.process(server(env, self.world, self.devices, doorbell, self.workload, self.seed, self.emit))
+        limit = self.world.server.max_sim_time_s
+        until = rounds if limit is None else rounds | env.timeout(limit)
+        try:
+            env.run(until=until)
+        except RuntimeError as stuck:  # the queue ran dry: no device will ever be online again
+            if "No scheduled events left" not in str(stuck):
+                raise
+        self.sim_time_s = env.now
+
+    def _availability_specs(self):
+        for group in self.world.fleet:
+            for _ in range(group.count):
+                yield group.availability

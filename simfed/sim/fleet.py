@@ -1,0 +1,69 @@
+"""The fleet: one drawn `DeviceProfile` per device, from the tiers and links of the world spec."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from simfed.sim.profiles import GB, MBPS, load_links, load_tiers
+from simfed.sim.spec import DeviceGroupSpec, WorldSpec
+from simfed.sim.streams import Purpose, stream
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What one device is, fixed for the whole run."""
+
+    device_id: int  # 0..N-1 in the order of the spec's groups
+    tier: str  # built-in tier name
+    link: str  # built-in link name
+    flops_per_s: float  # effective training FLOP/s of this device
+    memory_bytes: int  # RAM, bytes
+    down_bps: float  # downlink, bits per second
+    up_bps: float  # uplink, bits per second
+    latency_s: float  # fixed cost of one transfer (a round trip), seconds
+    joules_per_flop: float  # compute energy, J per FLOP
+    joules_per_byte_down: float  # radio energy per byte received, J
+    joules_per_byte_up: float  # radio energy per byte sent, J
+
+    @property
+    def joules_per_byte(self) -> float:
+        """Mean of the two directions, for display only; the engine uses the directed ones."""
+        return (self.joules_per_byte_down + self.joules_per_byte_up) / 2
+
+    @property
+    def memory_gb(self) -> float:
+        return self.memory_bytes / GB
+
+
+def build_fleet(world: WorldSpec, seed: int) -> list[DeviceProfile]:
+    """Draw every device of `world`. Device d's draws come from its own stream (seed, FLEET, d)
+    in a fixed order, so a device keeps its luck when other groups change size or tier."""
+    fleet: list[DeviceProfile] = []
+    for group in world.fleet:
+        for _ in range(group.count):
+            fleet.append(_draw_device(len(fleet), group, world, seed))
+    return fleet
+
+
+def _draw_device(device_id: int, group: DeviceGroupSpec, world: WorldSpec, seed: int) -> DeviceProfile:
+    tier, link = load_tiers()[group.tier], load_links()[group.link]
+    rng = stream(seed, Purpose.FLEET, device_id)
+    z_compute, z_link = rng.standard_normal(2)  # one z for both directions: a slow line is slow both ways
+    memory_u = rng.random()  # uniform pick among the tier's RAM choices
+    compute_sigma = tier.sigma if world.device_spread_sigma is None else world.device_spread_sigma
+    link_sigma = link.sigma if world.link_spread_sigma is None else world.link_spread_sigma
+    compute_factor = math.exp(compute_sigma * z_compute)  # lognormal, median 1
+    link_factor = math.exp(link_sigma * z_link)
+    return DeviceProfile(
+        device_id=device_id,
+        tier=group.tier,
+        link=group.link,
+        flops_per_s=(group.flops_per_s or tier.flops_per_s) * compute_factor,
+        memory_bytes=tier.memory_bytes[int(memory_u * len(tier.memory_bytes))],
+        down_bps=(group.down_mbps or link.down_mbps) * MBPS * link_factor,
+        up_bps=(group.up_mbps or link.up_mbps) * MBPS * link_factor,
+        latency_s=link.latency_s if group.latency_s is None else group.latency_s,
+        joules_per_flop=tier.joules_per_flop,
+        joules_per_byte_down=link.joules_per_byte_down,
+        joules_per_byte_up=link.joules_per_byte_up,
+    )

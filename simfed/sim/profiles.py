@@ -1,0 +1,92 @@
+"""Built-in device tiers and link types, loaded from simfed/profiles/*.yaml (each with its source)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+GB = 1_000_000_000  # bytes in a gigabyte (decimal, as phone makers count)
+MBPS = 1_000_000  # bits per second in a megabit per second
+
+
+@dataclass(frozen=True)
+class TierProfile:
+    """A kind of device; numbers are medians of the tier, a device draws around them."""
+
+    name: str
+    flops_per_s: float  # effective training FLOP/s, median of the tier
+    memory_bytes: tuple[int, ...]  # RAM choices, bytes; each device draws one uniformly
+    joules_per_flop: float  # energy of one training FLOP, J
+    sigma: float  # lognormal spread of a device's FLOP/s around the median (ln units)
+    source: str  # where the numbers come from
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """A kind of access link; rates are medians across users."""
+
+    name: str
+    down_mbps: float  # downlink, megabits per second
+    up_mbps: float  # uplink, megabits per second
+    latency_s: float  # fixed cost of one transfer (one round trip), seconds
+    joules_per_byte_down: float  # radio energy per byte received, J
+    joules_per_byte_up: float  # radio energy per byte sent, J
+    sigma: float  # lognormal spread of a user's throughput around the median (ln units)
+    source: str  # where the numbers come from
+
+
+def _read(filename: str) -> dict[str, dict[str, Any]]:
+    text = resources.files("simfed.profiles").joinpath(filename).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _positive(name: str, field: str, value: Any) -> float:
+    # PyYAML reads `1.0e10` (no exponent sign) as a string: YAML 1.1. Accept it as a number.
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not number > 0:
+        raise ValueError(f"profile {name!r}: {field} must be a positive number, got {value!r}")
+    return number
+
+
+def _tier(name: str, row: dict[str, Any]) -> TierProfile:
+    memory = row["memory_gb"]
+    memory = memory if isinstance(memory, list) else [memory]
+    return TierProfile(
+        name=name,
+        flops_per_s=_positive(name, "flops_per_s", row["flops_per_s"]),
+        memory_bytes=tuple(int(_positive(name, "memory_gb", gb) * GB) for gb in memory),
+        joules_per_flop=_positive(name, "joules_per_flop", row["joules_per_flop"]),
+        sigma=float(row["sigma"]),
+        source=str(row["source"]),
+    )
+
+
+def _link(name: str, row: dict[str, Any]) -> LinkProfile:
+    return LinkProfile(
+        name=name,
+        down_mbps=_positive(name, "down_mbps", row["down_mbps"]),
+        up_mbps=_positive(name, "up_mbps", row["up_mbps"]),
+        latency_s=float(row["latency_s"]),  # may be 0
+        joules_per_byte_down=_positive(name, "joules_per_byte_down", row["joules_per_byte_down"]),
+        joules_per_byte_up=_positive(name, "joules_per_byte_up", row["joules_per_byte_up"]),
+        sigma=float(row["sigma"]),
+        source=str(row["source"]),
+    )
+
+
+@lru_cache(maxsize=1)
+def load_tiers() -> dict[str, TierProfile]:
+    """The built-in device tiers by name (phone_low, phone_mid, phone_flagship, laptop, jetson_orin)."""
+    return {name: _tier(name, row) for name, row in _read("tiers.yaml").items()}
+
+
+@lru_cache(maxsize=1)
+def load_links() -> dict[str, LinkProfile]:
+    """The built-in links by name (lte, 5g, wifi_home, wifi_phone)."""
+    return {name: _link(name, row) for name, row in _read("links.yaml").items()}
