@@ -24,7 +24,8 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "simfed"
 
 
-def _resolve(cache_dir: Path | str | None) -> Path:
+def resolve_cache_dir(cache_dir: Path | str | None) -> Path:
+    """`cache_dir` expanded, or the default cache folder when it is None."""
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
@@ -128,7 +129,7 @@ def build_builtin_corpus(
     from .sources.debian import fetch_packages
 
     start = time.perf_counter()
-    cache = _resolve(cache_dir)
+    cache = resolve_cache_dir(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     names = list(sources) if sources is not None else list(BUILTIN_SOURCES)
     unknown = [n for n in names if n not in BUILTIN_SOURCES]
@@ -189,7 +190,7 @@ def build_builtin_corpus(
 
 def describe_corpus(cache_dir: Path | None = None) -> list[tuple[str, int, int, str]]:
     """[(source, documents, characters, status)] for every built-in source, built or not."""
-    cache = _resolve(cache_dir)
+    cache = resolve_cache_dir(cache_dir)
     rows = []
     for name in BUILTIN_SOURCES:
         meta = _built_meta(cache, name)
@@ -216,7 +217,7 @@ def _ensure_built(name: str, cache: Path, log: Log | None) -> dict:
 def source_version(source: str, cache_dir: Path | None = None, log: Log | None = None) -> str:
     """A string that changes whenever the text of `source` changes (keys the token cache)."""
     ref = parse_source(source)
-    cache = _resolve(cache_dir)
+    cache = resolve_cache_dir(cache_dir)
     if ref.kind == "builtin":
         return _ensure_built(ref.name, cache, log)["sha256"]
     if ref.kind == "toy":
@@ -229,7 +230,7 @@ def source_version(source: str, cache_dir: Path | None = None, log: Log | None =
 def source_documents(source: str, cache_dir: Path | None = None, log: Log | None = None) -> list[str]:
     """The documents of `source` in their fixed order; a built-in is built first if needed."""
     ref = parse_source(source)
-    cache = _resolve(cache_dir)
+    cache = resolve_cache_dir(cache_dir)
     if ref.kind == "builtin":
         _ensure_built(ref.name, cache, log)
         path = _source_dir(cache, ref.name) / "documents.jsonl"

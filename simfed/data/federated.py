@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from .spec import DataError, DataSpec, UserSpec, parse_source
+from .spec import DataError, DataSpec, parse_source
 from .tokenized import TOKEN_DTYPE, TokenStream, load_tokens, tokenizer_id
 
 SPLITS = ("train", "val", "test")

@@ -10,7 +10,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .corpora import _resolve, source_documents, source_version
+from .corpora import resolve_cache_dir, source_documents, source_version
 from .spec import DataError
 
 TOKEN_DTYPE = np.int32  # ids < 2**31; torch.from_numpy takes int32 (uint32 it barely supports)
@@ -135,7 +135,7 @@ def load_tokens(
     The cache key is (source, tokenizer name, source version): an edited local file or a rebuilt
     corpus gets new tokens, and older token files of the same pair are removed.
     """
-    cache = _resolve(cache_dir)
+    cache = resolve_cache_dir(cache_dir)
     name = tokenizer_id(tokenizer)
     version = source_version(source, cache, log)
     tok_path, docs_path = cache_paths(cache, source, name, version)

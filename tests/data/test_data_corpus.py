@@ -99,3 +99,33 @@ def test_real_language_users_federate(real_corpus):
         assert (len(user.train), len(user.val), len(user.test)) == (20_000, 2_000, 2_000)
         text = tok.decode(user.train)
         assert language_votes(text)[lang] == max(language_votes(text).values())
+
+
+def test_docs_falls_back_to_docstrings_and_says_so(tmp_path, monkeypatch):
+    from simfed.data.sources import BuildContext, python_docs
+
+    monkeypatch.setattr(python_docs, "build_docstrings", lambda ctx: Built(["a docstring"], origin="docstrings"))
+    ctx = BuildContext(tmp_path, print, package_errors={"python3.11-doc": "apt-get not found"})
+    monkeypatch.setattr(python_docs, "python_doc_package", lambda: "python3.11-doc")
+    built = python_docs.build_docs(ctx)
+    assert built.documents == ["a docstring"]
+    assert built.fallback == "apt-get not found; used stdlib docstrings instead"
+
+
+def test_missing_groff_and_apt_are_reported(tmp_path, monkeypatch):
+    from simfed.data.sources import BuildContext, debian, manpages
+
+    monkeypatch.setattr(manpages.shutil, "which", lambda tool: None)
+    with pytest.raises(SourceUnavailable, match="groff is not installed"):
+        manpages.build_language(BuildContext(tmp_path, print), "de")
+    monkeypatch.setattr(debian.shutil, "which", lambda tool: None)
+    roots, failed = debian.fetch_packages(["manpages-de"], tmp_path / "apt", print)
+    assert roots == {} and "apt-get and dpkg-deb not found" in failed["manpages-de"]
+
+
+def test_two_users_on_one_source_share_the_error(cache):
+    spec = DataSpec(users=["toy:a", {"source": "toy:b", "val_source": "toy:a"}], train_tokens=50_000,
+                    val_tokens=20_000, test_tokens=1_000, cache_dir=cache)
+    with pytest.raises(DataError, match=r"users 'toy:a', 'toy:b' ask 91000 train\+val\+test tokens but "
+                                        r"source 'toy:a' has \d+ \(bytes-v1 tokens\); lower data.users\[0\]"):
+        build_federation(spec, ByteTokenizer(), 2, seed=0)
