@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,16 +20,8 @@ INTERRUPTED = 130  # exit status after Ctrl-C, as shells report SIGINT
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that are the user's to fix: SimfedError, and DataError until it subclasses it."""
-    errors: list[type[BaseException]] = [SimfedError]
-    try:
-        from simfed.data.spec import DataError
-
-        if not issubclass(DataError, SimfedError):
-            errors.append(DataError)
-    except ImportError:  # pragma: no cover - the data package is always there
-        pass
-    return tuple(errors)
+    """Exceptions that are the user's to fix (DataError, ModelCardError, ScenarioError, ...)."""
+    return (SimfedError,)
 
 
 def _console():
@@ -38,6 +31,16 @@ def _console():
 
 
 # ---------------------------------------------------------------- run / validate / report
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a `kill`, a job scheduler's time limit) ends a run like Ctrl-C does: the run
+    directory is closed with status "interrupted" and everything measured so far is kept."""
+
+    def interrupt(signum, frame):  # noqa: ARG001 - the signal handler's signature
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     from simfed.config import load_scenario
@@ -53,6 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from simfed.run.runner import run_scenario  # torch comes in here, and only here
 
     names = [m.name for m in scenario.methods]
+    _terminate_as_interrupt()
     with ProgressView(names, scenario.world.server.rounds, enabled=not args.quiet) as view:
         try:
             result = run_scenario(scenario, Path(args.scenario), out_root, scenario.seeds, view)

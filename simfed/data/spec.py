@@ -17,9 +17,14 @@ from pydantic import (
     model_validator,
 )
 
+from simfed.errors import SimfedError
 
-class DataError(ValueError):
-    """A one-line, actionable problem with the data a scenario asks for."""
+
+class DataError(SimfedError, ValueError):
+    """A one-line, actionable problem with the data a scenario asks for.
+
+    A ValueError too, so that raised inside a pydantic validator it becomes a validation error.
+    """
 
 
 # Built-in sources: name -> one-line description. The builders live in `simfed.data.sources`.

@@ -1,0 +1,64 @@
+"""Budget → size: the paper's matching of CoMiGS experts to HetLoRA ranks, and monotonicity."""
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from simfed.learn.budget import experts_for_budget, rank_for_budget
+
+# a flagship phone (12 GB, 150 GFLOP/s) and three low-end ones (2–4 GB, 15–30 GFLOP/s);
+# score = min(mem / 8 GB, FLOP/s / 100 G): 1.0 and ≤ 0.3 → 4 and 2 experts
+FLEET = [(12e9, 150e9), (3e9, 25e9), (2e9, 30e9), (4e9, 15e9)]
+
+
+def test_experts_of_a_flagship_and_three_low_end_phones():
+    assert tuple(experts_for_budget(m, f, max_experts=4) for m, f in FLEET) == (4, 2, 2, 2)
+
+
+def test_full_matching_gives_ranks_32_16_16_16():
+    ranks = tuple(rank_for_budget(m, f, max_experts=4, expert_rank=8, match="full") for m, f in FLEET)
+    assert ranks == (32, 16, 16, 16)
+
+
+def test_active_matching_gives_rank_16_everywhere():
+    ranks = tuple(rank_for_budget(m, f, max_experts=4, expert_rank=8, match="active") for m, f in FLEET)
+    assert ranks == (16, 16, 16, 16)
+
+
+def test_rank_is_clipped_to_the_method_bounds():
+    assert rank_for_budget(12e9, 150e9, 4, 8, "full", min_rank=4, max_rank=24) == 24
+    assert rank_for_budget(1e9, 1e9, 4, 1, "full", min_rank=4, max_rank=32) == 4
+
+
+def test_the_weaker_resource_decides():
+    # plenty of memory cannot make up for a slow chip, nor the other way round
+    assert experts_for_budget(64e9, 10e9, 4) == 2
+    assert experts_for_budget(1e9, 1e12, 4) == 2
+
+
+memory = st.floats(min_value=0, max_value=64e9, allow_nan=False)
+flops = st.floats(min_value=0, max_value=1e12, allow_nan=False)
+max_experts = st.integers(min_value=2, max_value=8)
+
+
+@given(memory, memory, flops, max_experts)
+def test_experts_monotone_in_memory(m1, m2, f, e_max):
+    lo, hi = sorted((m1, m2))
+    assert experts_for_budget(lo, f, e_max) <= experts_for_budget(hi, f, e_max)
+
+
+@given(memory, flops, flops, max_experts)
+def test_experts_monotone_in_flops(m, f1, f2, e_max):
+    lo, hi = sorted((f1, f2))
+    assert experts_for_budget(m, lo, e_max) <= experts_for_budget(m, hi, e_max)
+
+
+@given(memory, flops, max_experts)
+def test_experts_within_two_and_max(m, f, e_max):
+    assert 2 <= experts_for_budget(m, f, e_max) <= e_max
+
+
+@given(memory, flops, max_experts, st.sampled_from(["full", "active"]))
+def test_rank_is_expert_rank_times_experts_counted(m, f, e_max, match):
+    e = experts_for_budget(m, f, e_max)
+    assert rank_for_budget(m, f, e_max, 8, match) == 8 * (e if match == "full" else min(e, 2))
