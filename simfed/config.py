@@ -389,6 +389,17 @@ class Scenario(_Strict):
             first[method.name] = index
         return methods
 
+    @field_validator("world")
+    @classmethod
+    def _policy_the_learning_can_run(cls, world: WorldSpec) -> WorldSpec:
+        # The engine simulates FedBuff/FedAsync, but no method merges staleness-weighted deltas yet.
+        if world.server.policy != "sync":
+            raise FieldProblem(
+                ("server", "policy"),
+                f"'{world.server.policy}' is simulated by the engine, but the methods cannot merge "
+                "staleness-weighted updates yet; use policy: sync")
+        return world
+
     def where(self, *path: str | int) -> str:
         """Where a key was set, for a later error: `x.yaml:4`, `--set model=gpt2`, or the name.
 

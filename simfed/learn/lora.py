@@ -68,14 +68,42 @@ class StackedLoRA(nn.Module):
         return self.lora_A.shape[0]
 
     def delta_shared_input(self, x: torch.Tensor) -> torch.Tensor:
-        """s·B_e(A_e x) for every expert e on one input. x (..., in) → (E, ..., out)."""
-        low = torch.einsum("...i,eri->e...r", x, self.lora_A)
-        return self.scale * torch.einsum("e...r,eor->e...o", low, self.lora_B)
+        """s·B_e(A_e x) for every expert e on one input. x (..., in) → (E, ..., out).
+
+        All experts' A run as ONE matmul against the stacked (E·r, in) matrix, and the scale is
+        applied to the rank-r tensor rather than to the full-width output.
+        """
+        n_exp, rank, d_in = self.lora_A.shape
+        low = torch.nn.functional.linear(x, self.lora_A.reshape(n_exp * rank, d_in)) * self.scale
+        low = low.reshape(*x.shape[:-1], n_exp, rank).movedim(-2, 0)  # (E, ..., r)
+        return torch.einsum("e...r,eor->e...o", low, self.lora_B)
+
+    def delta_single(self, x: torch.Tensor) -> torch.Tensor:
+        """s·B(A x) of a one-expert LoRA, as two plain matmuls. x (..., in) → (..., out)."""
+        low = torch.nn.functional.linear(x, self.lora_A[0]) * self.scale
+        return torch.nn.functional.linear(low, self.lora_B[0])
+
+    def low_rank_per_expert(self, x: torch.Tensor) -> torch.Tensor:
+        """s·A_e x_e for each expert on its own input. x (E, ..., in) → (E, ..., r)."""
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (E, N, in)
+        low = torch.bmm(flat, self.lora_A.transpose(1, 2)) * self.scale  # (E, N, r)
+        return low.reshape(*x.shape[:-1], self.lora_A.shape[1])
 
     def delta_per_expert(self, x: torch.Tensor) -> torch.Tensor:
         """s·B_e(A_e x_e), each expert on its own input. x (E, ..., in) → (E, ..., out)."""
-        low = torch.einsum("e...i,eri->e...r", x, self.lora_A)
-        return self.scale * torch.einsum("e...r,eor->e...o", low, self.lora_B)
+        return torch.einsum("e...r,eor->e...o", self.low_rank_per_expert(x), self.lora_B)
+
+    def mixed_delta_per_expert(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Σ_e w_e · s·B_e(A_e x_e) without forming any full-width per-expert output.
+
+        x (E, B, T, in), weights (B, T, E) → (B, T, out). The weights are applied to the rank-r
+        tensors, then all experts' B run as one matmul against the concatenated (out, E·r) matrix.
+        """
+        low = self.low_rank_per_expert(x) * weights.permute(2, 0, 1).unsqueeze(-1)  # (E, B, T, r)
+        n_exp, d_out, rank = self.lora_B.shape
+        low = low.permute(1, 2, 0, 3).reshape(*x.shape[1:-1], n_exp * rank)  # (B, T, E·r)
+        b_cat = self.lora_B.permute(1, 0, 2).reshape(d_out, n_exp * rank)  # (out, E·r)
+        return torch.nn.functional.linear(low, b_cat)
 
     def delta_weight(self, expert: int = 0) -> torch.Tensor:
         """The dense update s·B A of one expert, (out, in) — for norms, SVDs and tests."""
@@ -98,7 +126,7 @@ class LoRALinear(nn.Module):
         out = self.base(x)
         if self.adapter is None:
             return out
-        return out + self.adapter.delta_shared_input(x)[0]
+        return out + self.adapter.delta_single(x)
 
 
 class ExpertBank(nn.Module):
@@ -209,9 +237,12 @@ class MixtureMLP(nn.Module):
         ]  # each (E, B, T, d_ff)
         hidden = self.activation(ups[0]) * ups[1] if self.gated else self.activation(ups[0])
         weights = bank.route(x)  # (B, T, E)
-        mixed = torch.einsum("ebtf,bte->btf", hidden, weights)
+        if hidden.shape[0] == 1:  # one expert: its weight is 1
+            mixed = hidden[0]
+        else:
+            mixed = (hidden * weights.permute(2, 0, 1).unsqueeze(-1)).sum(0)
         out = getattr(self.mlp, self.down_name)(mixed)
-        out = out + torch.einsum("ebto,bte->bto", bank.down.delta_per_expert(hidden), weights)
+        out = out + bank.down.mixed_delta_per_expert(hidden, weights)
         if self.dropout is not None:
             out = self.dropout(out)
         return out

@@ -70,13 +70,21 @@ def _plot(curves, x_key: str, x_label: str, title: str, path: Path) -> Path:
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write ppl_vs_time.png and ppl_vs_bytes.png into the run directory; return their paths."""
+    """Write ppl_vs_time.png, ppl_vs_bytes.png and the first rounds' device timeline (timeline.png,
+    from events.jsonl) into the run directory; return their paths."""
+    from simfed.report.timeline import plot_timeline
+    from simfed.run.trace import read_events
+
     run_dir = Path(run_dir)
     curves = mean_curves(read_metrics(run_dir))
     name = run_dir.parent.name
-    return [
+    paths = [
         _plot(curves, "hours", "simulated time (hours)", f"{name}: perplexity vs simulated time",
               run_dir / "ppl_vs_time.png"),
         _plot(curves, "mb", "bytes moved, up + down (MB)", f"{name}: perplexity vs communication",
               run_dir / "ppl_vs_bytes.png"),
     ]
+    events = read_events(run_dir) if (run_dir / "events.jsonl").exists() else []
+    if events:
+        paths.append(plot_timeline(events, run_dir / "timeline.png", rounds=3))
+    return paths

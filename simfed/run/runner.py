@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -27,6 +27,7 @@ from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
 from simfed.run.results import RunDirectory
+from simfed.run.trace import TraceWriter
 from simfed.sim.accounting import Tally
 from simfed.sim.engine import Engine
 from simfed.sim.events import SimEvent
@@ -146,7 +147,10 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
     base = load_base_model(load_card(scenario.model), pick_device(training.device))
     model = AdaptedModel(base)
     out_root = Path(out_root or scenario.output.dir)
-    with RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds) as run:
+    with (
+        RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds) as run,
+        TraceWriter(run.path / "trace.json") as trace,
+    ):
         for seed in seeds:
             fleet = build_fleet(scenario.world, seed)
             users = build_federation(scenario.data, base.tokenizer, len(fleet), seed)
@@ -155,13 +159,13 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
             for spec in scenario.methods:
                 method = build_method(spec, training, model)
                 method.setup(clients, seed)
-                run_method(scenario, method, seed, fleet, pretrained, run, view)
+                run_method(scenario, method, seed, fleet, pretrained, run, view, [trace.observer(spec.name, seed)])
         return run.path
 
 
 def run_method(
     scenario: Scenario, method: Method, seed: int, fleet: list[DeviceProfile],
-    pretrained: Evaluation, run: RunDirectory, view: Any,
+    pretrained: Evaluation, run: RunDirectory, view: Any, observers: list[Callable[[SimEvent], None]] = (),
 ) -> MethodWorkload:
     view.on_method_start(method.name, seed)
     tally = Tally()
@@ -173,7 +177,7 @@ def run_method(
         view.on_event(method.name, data)
 
     workload.log(0, 0.0, pretrained)
-    Engine(scenario.world, fleet, workload, seed, observers=[tally, record]).run()
+    Engine(scenario.world, fleet, workload, seed, observers=[tally, record, *observers]).run()
     stats = tally.as_summary()
     stats["training_calls"] = workload.training_calls
     run.finish_method(method.name, seed, stats, measured_model=method.measured_model)

@@ -7,7 +7,8 @@ Definitions (see events.py for which event carries what):
 - wasted_*: spent on behalf of an update the server never uses. A dropped device wastes its
   whole round (bytes both ways, compute seconds, energy). A straggler wastes its upload only
   (bytes and energy): it keeps its local training, so its compute is not counted as wasted.
-- dropouts, stragglers: counts of `dropped` and `straggler` events.
+- dropouts, stragglers, stale: counts of `dropped`, `straggler` and `stale` events (a stale
+  update, asynchronous policies only, wastes its upload like a straggler).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class Tally:
     updates_aggregated: int = 0  # updates the server merged
     dropouts: int = 0
     stragglers: int = 0
+    stale: int = 0  # async: updates dropped as too stale
     wasted_compute_s: float = 0.0
     wasted_bytes: int = 0
     wasted_energy_j: float = 0.0
@@ -56,6 +58,9 @@ class Tally:
             self._count_drop(event)
         elif kind == "straggler":
             self.stragglers += 1
+            self._waste(event)
+        elif kind == "stale":
+            self.stale += 1
             self._waste(event)
         elif kind == "aggregated":
             self.updates_aggregated += event.count
@@ -101,7 +106,7 @@ class Tally:
             "sim_time_s": self.sim_time_s, "rounds": self.rounds, "updates_aggregated": self.updates_aggregated,
             "bytes_down": self.bytes_down, "bytes_up": self.bytes_up, "energy_j": self.energy_j,
             "flops": self.flops, "compute_s": self.compute_s,
-            "dropouts": self.dropouts, "stragglers": self.stragglers,
+            "dropouts": self.dropouts, "stragglers": self.stragglers, "stale": self.stale,
             "wasted_bytes": self.wasted_bytes, "wasted_compute_s": self.wasted_compute_s,
             "wasted_energy_j": self.wasted_energy_j,
             "in_flight": self.in_flight, "straggling": self.straggling, "round_dropped": self.round_dropped,

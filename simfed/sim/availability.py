@@ -2,17 +2,38 @@
 
 A timeline is a lazy sequence of (online, duration_s) periods from sim time 0, drawn from the
 device's own stream (seed, AVAILABILITY, device) in order, so it is the same whatever runs on it
-and however far the run gets. Kinds: always-on, two-state Markov, trace replay.
+and however far the run gets. Kinds: always-on, two-state Markov, trace replay, diurnal.
+
+Diurnal construction. A device alternates online periods, whose lengths are Weibull(k, lambda)
+whatever the hour, and offline periods, which end at a rate r(h) per second that depends only on
+the hour of day h (an inhomogeneous exponential clock: "off-period lengths chosen per hour").
+For a periodic steady state, the probability of being online at clock time t is
+
+    on(t) = integral over u >= 0 of  start(t - u) * S(u) du,   start(t) = r(h(t)) * (1 - on(t)),
+
+with S the Weibull survival function: online periods started earlier and not yet over. The 24
+rates are solved numerically (`diurnal_fit`: five-minute bins over a day, the lag kernel folded
+onto the day, a linear solve for the starts given the rates, then multiplicative updates of each
+hour's odds) so that the mean of on(t) over hour h equals the profile's fraction f(h). For a
+constant profile this reduces to the renewal formula f / (1 - f) = r * E[online length]. Since
+online periods last hours (FLASH: mean 2.7 h), a sharp profile may be out of reach; the solver
+then gets as close as positive rates allow. A timeline starts offline ten days before sim time 0
+and runs forward, so at time 0 it is in the periodic steady state.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import math
+from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from typing import Iterator, Protocol
 
-from simfed.sim.spec import AlwaysOnSpec, AvailabilitySpec, MarkovSpec, TraceSpec
+import numpy as np
+import yaml
+
+from simfed.sim.spec import AlwaysOnSpec, AvailabilitySpec, DiurnalSpec, MarkovSpec, TraceSpec
 from simfed.sim.streams import Purpose, stream
 
 Period = tuple[bool, float]  # (online, duration in seconds); the last may last math.inf
@@ -100,10 +121,143 @@ def _read_trace(path: str) -> tuple[tuple[float, tuple[tuple[float, float], ...]
     return tuple(clients)
 
 
+HOUR_S = 3600.0
+DAY_S = 86400.0
+SOLVER_BIN_S = 300.0  # time step of the rate solver, seconds (5 min)
+BURN_IN_S = 10 * DAY_S  # a diurnal timeline starts this long before sim time 0
+
+
+@lru_cache(maxsize=1)
+def builtin_diurnal() -> dict:
+    """The built-in FLASH profile (simfed/profiles/diurnal.yaml): hourly, weibull_shape, weibull_scale_s, source."""
+    text = resources.files("simfed.profiles").joinpath("diurnal.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)["flash"]
+
+
+def weibull_mean_s(shape: float, scale_s: float) -> float:
+    return scale_s * math.gamma(1.0 + 1.0 / shape)
+
+
+def _lag_kernel(shape: float, scale_s: float, bins: int) -> np.ndarray:
+    """c[m]: the online time in a bin, per unit of starts spread evenly over the bin m bins earlier,
+    as a fraction of the bin, folded onto one day of `bins` bins. With I2 the second integral of
+    the survival S: c[m] = (I2((m+1)dt) - 2 I2(m dt) + I2((m-1)dt)) / dt^2, I2(<0) = 0."""
+    dt = DAY_S / bins
+    horizon = min(scale_s * 40.0 ** (1.0 / shape), 60 * DAY_S)  # S(horizon) = e^-40
+    lags = int(math.ceil(horizon / dt)) + 2
+    fine = max(20, math.ceil(dt / (scale_s / 1000)))  # trapezoid steps per bin: S is steep near 0 when shape < 1
+    fine = max(1, min(fine, int(4e6 / lags)))
+    u = np.arange(lags * fine + 1) * (dt / fine)
+    survival = np.exp(-((u / scale_s) ** shape))
+    step = dt / fine
+    i1 = np.concatenate([[0.0], np.cumsum((survival[1:] + survival[:-1]) * step / 2)])
+    i2 = np.concatenate([[0.0], np.cumsum((i1[1:] + i1[:-1]) * step / 2)])[::fine]  # at multiples of dt
+    padded = np.concatenate([[0.0], i2])  # padded[m] = I2((m - 1) dt)
+    c = (padded[2:] - 2 * padded[1:-1] + padded[:-2]) / dt**2  # m = 0 .. lags - 1
+    folded = np.zeros(bins)
+    np.add.at(folded, np.arange(len(c)) % bins, c)
+    return folded
+
+
+def _starts(hazard: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Solve starts = hazard * (1 - kernel (*) starts), (*) circular convolution over the day.
+    A fixed-point iteration with FFTs when it contracts (every realistic profile: it does when
+    the odds of being online stay below ~0.9); a dense solve otherwise. (A dense solve in every
+    call would be as exact, but multithreaded BLAS on a busy host makes it 100x slower.)"""
+    bins = len(kernel)
+    spectrum = np.fft.rfft(kernel)
+    if hazard.max() * kernel.sum() < 0.9:
+        starts = hazard.copy()
+        for _ in range(2000):
+            new = hazard * (1 - np.fft.irfft(spectrum * np.fft.rfft(starts), bins))
+            if np.max(np.abs(new - starts)) <= 1e-15 * np.max(np.abs(new)):
+                return new
+            starts = new
+    index = np.arange(bins)
+    lagged = kernel[(index[:, None] - index[None, :]) % bins]
+    return np.linalg.solve(np.eye(bins) + hazard[:, None] * lagged, hazard)
+
+
+def diurnal_fractions(rates: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Steady-state mean fraction online in each hour, given the hourly rates (1/s) of coming online."""
+    bins = len(kernel)
+    hazard = np.repeat(rates, bins // 24) * (DAY_S / bins)  # probability per bin of an offline device coming online
+    starts = _starts(hazard, kernel)
+    online = np.fft.irfft(np.fft.rfft(kernel) * np.fft.rfft(starts), bins)
+    return online.reshape(24, -1).mean(axis=1)
+
+
+@dataclass(frozen=True)
+class DiurnalFit:
+    rates: tuple[float, ...]  # per hour of day, 1/s: rate at which an offline device comes online
+    achieved: tuple[float, ...]  # steady-state fraction online in each hour (= the target where reachable)
+
+
+@lru_cache(maxsize=16)
+def diurnal_fit(hourly: tuple[float, ...], shape: float, scale_s: float) -> DiurnalFit:
+    """Per-hour rates at which an offline device comes online, so that the steady state is online a
+    fraction hourly[h] of hour h (see the module's docstring). An hour the profile drops into
+    faster than online periods can end gets rate ~0 and stays above its target."""
+    target = np.asarray(hourly, dtype=float)
+    kernel = _lag_kernel(shape, scale_s, int(DAY_S / SOLVER_BIN_S))
+    odds = target / (1 - target)
+    rates = odds / weibull_mean_s(shape, scale_s)  # exact for a flat profile
+    got = diurnal_fractions(rates, kernel)
+    for _ in range(500):
+        unreachable = (rates == 0) & (got > target)
+        if np.all((np.abs(got - target) < 1e-10) | unreachable):
+            break
+        rates = rates * odds / (got / (1 - got))
+        rates[rates < 1e-6 * rates.max()] = 0.0  # an hour the profile cannot reach: no arrivals at all
+        previous, got = got, diurnal_fractions(rates, kernel)
+        if np.max(np.abs(got - previous)) < 1e-12:
+            break
+    return DiurnalFit(tuple(float(r) for r in rates), tuple(float(f) for f in got))
+
+
+class Diurnal:
+    """Weibull online periods; offline periods end at the hour's rate from `diurnal_fit`."""
+
+    def __init__(self, spec: DiurnalSpec, seed: int, device: int):
+        hourly = spec.hourly if spec.hourly is not None else builtin_diurnal()["hourly"]
+        self.fit = diurnal_fit(tuple(float(f) for f in hourly), spec.weibull_shape, spec.weibull_scale_s)
+        self.rates = self.fit.rates
+        self.shape, self.scale_s = spec.weibull_shape, spec.weibull_scale_s
+        self.clock0_s = spec.start_hour * HOUR_S  # clock time of day at sim time 0
+        self.cumulative = np.concatenate([[0.0], np.cumsum(self.rates) * HOUR_S])  # hazard at each hour's start
+        self.seed, self.device = seed, device
+
+    def offline_s(self, clock_s: float, exposure: float) -> float:
+        """Length of an offline period starting at `clock_s` (time of day) that ends when the
+        hourly hazard integrated from there reaches `exposure` (an Exp(1) draw)."""
+        rates, cumulative = self.rates, self.cumulative
+        hour = int(clock_s // HOUR_S)
+        target = cumulative[hour] + rates[hour] * (clock_s - hour * HOUR_S) + exposure
+        days, rest = divmod(target, cumulative[-1])
+        end_hour = min(23, int(np.searchsorted(cumulative, rest, side="right")) - 1)
+        end_clock = end_hour * HOUR_S + (rest - cumulative[end_hour]) / rates[end_hour]
+        return days * DAY_S + end_clock - clock_s
+
+    def periods(self) -> Iterator[Period]:
+        rng = stream(self.seed, Purpose.AVAILABILITY, self.device)
+        t, online = -BURN_IN_S, False
+        while True:
+            if online:
+                duration = self.scale_s * float(rng.weibull(self.shape))
+            else:
+                duration = self.offline_s((self.clock0_s + t) % DAY_S, float(rng.exponential()))
+            end = t + duration
+            if end > 0:
+                yield online, end - max(t, 0.0)
+            t, online = end, not online
+
+
 def timeline(spec: AvailabilitySpec, seed: int, device: int) -> Timeline:
     """The timeline of `device` under `spec`."""
     if isinstance(spec, AlwaysOnSpec):
         return AlwaysOn()
     if isinstance(spec, MarkovSpec):
         return MarkovOnOff(spec, seed, device)
+    if isinstance(spec, DiurnalSpec):
+        return Diurnal(spec, seed, device)
     return TraceReplay(spec, seed, device)

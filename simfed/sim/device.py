@@ -14,7 +14,7 @@ from simfed.sim.availability import Timeline
 from simfed.sim.cost import compute_seconds
 from simfed.sim.events import Phase, SimEvent
 from simfed.sim.fleet import DeviceProfile
-from simfed.sim.network import Link
+from simfed.sim.network import Link, ServerSide, SharedTransfer, Transfer
 from simfed.sim.workload import RoundCost, Workload
 
 Emit = Callable[[SimEvent], None]
@@ -27,7 +27,11 @@ class RoundPort(Protocol):
     closed_at: float | None
 
     def deliver(self, device: int) -> bool:
-        """Hand in an update; False if the round had already closed (a straggler)."""
+        """Hand in an update; False if the server will not use it (late or too stale)."""
+        ...
+
+    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float) -> SimEvent:
+        """The event of the server refusing the update `deliver` returned False for."""
         ...
 
 
@@ -37,11 +41,11 @@ class Device:
     online and idle, so a waiting server can look again."""
 
     def __init__(self, env: simpy.Environment, profile: DeviceProfile, timeline: Timeline,
-                 on_ready: Callable[[], None]):
+                 on_ready: Callable[[], None], server: ServerSide | None = None):
         self.env = env
         self.profile = profile
         self.id = profile.device_id
-        self.link = Link.of(env, profile)
+        self.link = Link.of(env, profile, server)
         self.online = False
         self.busy = False  # working on a round, possibly one that has closed (a straggler)
         self.work: Process | None = None  # the round being worked on
@@ -103,6 +107,7 @@ class Spend:
     phase_start: float = 0.0
     planned_s: float = 0.0
     planned: float = 0.0  # bytes or FLOPs of the current step
+    transfer: Transfer | SharedTransfer | None = None  # the current transfer, if a transfer step
 
 
 def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: RoundCost,
@@ -118,11 +123,13 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
         begin("download", link.seconds("down", cost.download_bytes), cost.download_bytes)
         emit(SimEvent(env.now, "download_start", r, d, planned_bytes=cost.download_bytes, planned_s=spend.planned_s))
         workload.on_download(d, r)
-        yield link.transfer("down", cost.download_bytes)
+        spend.transfer = link.transfer("down", cost.download_bytes)
+        yield spend.transfer
         energy = link.energy_j("down", cost.download_bytes)
         spend.bytes += cost.download_bytes
         spend.energy_j += energy
-        emit(SimEvent(env.now, "download_end", r, d, bytes=cost.download_bytes, seconds=spend.planned_s, energy_j=energy))
+        emit(SimEvent(env.now, "download_end", r, d, bytes=cost.download_bytes, seconds=spend.transfer.seconds,
+                      energy_j=energy))
 
         begin("compute", compute_seconds(cost.flops, profile.flops_per_s, slowdown), cost.flops)
         emit(SimEvent(env.now, "compute_start", r, d, planned_flops=cost.flops, planned_s=spend.planned_s))
@@ -135,9 +142,10 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
 
         begin("upload", link.seconds("up", cost.upload_bytes), cost.upload_bytes)
         emit(SimEvent(env.now, "upload_start", r, d, planned_bytes=cost.upload_bytes, planned_s=spend.planned_s))
-        yield link.transfer("up", cost.upload_bytes)
+        spend.transfer = link.transfer("up", cost.upload_bytes)
+        yield spend.transfer
         upload_energy = link.energy_j("up", cost.upload_bytes)
-        emit(SimEvent(env.now, "upload_end", r, d, bytes=cost.upload_bytes, seconds=spend.planned_s,
+        emit(SimEvent(env.now, "upload_end", r, d, bytes=cost.upload_bytes, seconds=spend.transfer.seconds,
                       energy_j=upload_energy))
     except Interrupt as cut:
         emit(dropped_event(env.now, r, device, spend, str(cut.cause)))
@@ -145,9 +153,7 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
         return
     device.release()
     if not rnd.deliver(d):
-        assert rnd.closed_at is not None
-        emit(SimEvent(env.now, "straggler", r, d, late_s=env.now - rnd.closed_at, wasted_bytes=cost.upload_bytes,
-                      wasted_compute_s=0.0, wasted_energy_j=upload_energy))
+        emit(rnd.rejected(d, env.now, cost.upload_bytes, upload_energy))
 
 
 def dropped_event(now: float, r: int, device: Device, spend: Spend, reason: str) -> SimEvent:
@@ -160,7 +166,7 @@ def dropped_event(now: float, r: int, device: Device, spend: Spend, reason: str)
         energy = flops * device.profile.joules_per_flop
     else:
         direction = "down" if spend.phase == "download" else "up"
-        moved = device.link.moved(direction, int(spend.planned), elapsed)
+        moved = spend.transfer.cancel()
         energy = device.link.energy_j(direction, moved)
     return SimEvent(
         now, "dropped", r, device.id, phase=spend.phase, reason=reason,

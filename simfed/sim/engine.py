@@ -9,7 +9,8 @@ from simfed.sim.availability import timeline
 from simfed.sim.device import Device
 from simfed.sim.events import SimEvent
 from simfed.sim.fleet import DeviceProfile
-from simfed.sim.server import Doorbell, server
+from simfed.sim.network import ServerSide
+from simfed.sim.server import Doorbell, async_server, server
 from simfed.sim.spec import WorldSpec
 from simfed.sim.workload import Workload
 
@@ -17,8 +18,9 @@ Observer = Callable[[SimEvent], None]
 
 
 class Engine:
-    """Runs the server's synchronous rounds over `fleet` until `world.server.rounds` rounds are
-    done or `max_sim_time_s` passes. Work still in flight at that moment is left unfinished.
+    """Runs the server's rounds (synchronous, or asynchronous aggregations for fedbuff/fedasync)
+    over `fleet` until `world.server.rounds` rounds are done or `max_sim_time_s` passes. Work
+    still in flight at that moment is left unfinished.
 
     `fleet` must be `build_fleet(world, seed)` (or the same devices): the runner builds it first
     so that the learning side can size each device's adapters from its budget.
@@ -41,11 +43,14 @@ class Engine:
     def run(self) -> None:
         env = self.env = simpy.Environment(initial_time=0.0)
         doorbell = Doorbell(env)
+        spec = self.world.server
+        side = ServerSide(env, spec.ingress_mbps, spec.egress_mbps)
         self.devices = [
-            Device(env, profile, timeline(group_availability, self.seed, profile.device_id), doorbell.ring)
+            Device(env, profile, timeline(group_availability, self.seed, profile.device_id), doorbell.ring, side)
             for profile, group_availability in zip(self.fleet, self._availability_specs())
         ]
-        rounds = env.process(server(env, self.world, self.devices, doorbell, self.workload, self.seed, self.emit))
+        policy = server if spec.policy == "sync" else async_server
+        rounds = env.process(policy(env, self.world, self.devices, doorbell, self.workload, self.seed, self.emit))
         limit = self.world.server.max_sim_time_s
         until = rounds if limit is None else rounds | env.timeout(limit)
         try:

@@ -24,12 +24,22 @@ The resource totals can be recomputed from the stream alone; each unit is carrie
                             close), and wasted_bytes / wasted_energy_j = that upload's bytes and
                             energy, wasted_compute_s = 0 (the device keeps its local training;
                             only the upload was for nothing)                  -> wasted
-    aggregated      -       devices (sorted ids whose update the server merges), count
-    round_end       -       reason (target|deadline), aggregated, selected, duration_s
+    stale           d       async only: follows its upload_end when the update is staler than
+                            max_staleness; staleness, and wasted_* as for a straggler -> wasted
+    aggregated      -       devices (sorted ids whose update the server merges), count;
+                            async also: stalenesses and weights (1/sqrt(1+s)), in the order of devices
+    round_end       -       reason (target|deadline; async: buffer), aggregated, selected, duration_s
+
+Asynchronous policies (fedbuff, fedasync): a round is one aggregation, i.e. one model version;
+round_start comes when the version becomes current (target = the buffer size K; `selected` and
+`deadline_s` unset), and a device's events carry the version it downloaded as their `round`.
+
+With a server capacity (server.ingress_mbps / egress_mbps) a transfer's `planned_s` is its time on
+the device's link alone, and its *_end `seconds` the time it really took.
 
 So: bytes_down = sum(bytes) over download_end and dropped with phase=download; bytes_up likewise
 with upload; energy_j = sum(energy_j) over all events; compute seconds = sum(seconds) over
-compute_end and dropped with phase=compute; wasted_* = sum over dropped and straggler. Bytes
+compute_end and dropped with phase=compute; wasted_* = sum over dropped, straggler and stale. Bytes
 count what moved: a cut transfer counts the whole bytes that had arrived when it was cut
 (after the latency, at the link's rate). Work still in flight when the run stops appears only
 up to its last *_end event.
@@ -41,7 +51,7 @@ from typing import Any, Literal
 
 Kind = Literal[
     "round_start", "selected", "download_start", "download_end", "compute_start", "compute_end",
-    "upload_start", "upload_end", "dropped", "straggler", "aggregated", "round_end",
+    "upload_start", "upload_end", "dropped", "straggler", "stale", "aggregated", "round_end",
 ]
 Phase = Literal["download", "compute", "upload"]
 
@@ -73,6 +83,9 @@ class SimEvent:
     aggregated: int | None = None  # round_end: updates merged
     deadline_s: float | None = None  # round_start: the round's reporting window, seconds
     duration_s: float | None = None  # round_end: close - start, seconds
+    staleness: int | None = None  # stale: server version at arrival - version downloaded
+    stalenesses: tuple[int, ...] | None = None  # aggregated (async): each merged update's staleness
+    weights: tuple[float, ...] | None = None  # aggregated (async): each merged update's weight, 1/sqrt(1+s)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: `t`, `kind`, `round`, `device` always; other fields only when set."""

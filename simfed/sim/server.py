@@ -1,11 +1,25 @@
-"""The server: synchronous rounds with over-selection and a reporting deadline.
+"""The server's round policies: synchronous rounds (`server`) and buffered asynchronous
+aggregation (`async_server`: FedBuff, FedAsync).
 
-Each round it picks ceil(over_selection * target) devices uniformly at random among those online
+Synchronous. Each round it picks ceil(over_selection * target) devices uniformly at random among those online
 and idle (fewer if fewer are; if none, it waits until one is), and closes the round at the
 `target`-th update or `deadline_s` after the start, whichever comes first. If it picked fewer
 than `target`, it closes as soon as all of those have reported. Updates arriving after the close
 are stragglers: ignored. The next round starts at the close. The server does not observe
 dropouts: a round whose devices vanish waits for its deadline.
+
+Asynchronous (Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation",
+AISTATS 2022; Xie et al., "Asynchronous Federated Optimization", 2019). The server keeps
+`concurrency` devices working: whenever fewer are busy and some are online and idle, it picks
+among those uniformly at random. A device downloads the current model version v0; when its update
+arrives at version v, its staleness is s = v - v0. If s > max_staleness it is dropped (`stale`);
+otherwise it joins the buffer with weight 1/sqrt(1 + s). Every `buffer_size` K accepted arrivals
+(K = 1 for FedAsync) the server merges the buffer and the version goes up by one; that is a
+"round" here (round_start when a version becomes current, aggregated + round_end when it is
+merged). A device whose update waits in the buffer is not picked again until the merge, so every
+device appears at most once per aggregation. Device events carry the version the device
+downloaded as their `round`. The per-device draws (dropout, compute noise) are keyed by the
+device's job count (its 0th, 1st, ... participation) instead of the round.
 """
 from __future__ import annotations
 
@@ -63,6 +77,12 @@ class Round:
         if self.closed_at is None:
             self.closed_at = self.env.now
 
+    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float) -> SimEvent:
+        """A straggler: the device keeps its local training, only the upload was for nothing."""
+        assert self.closed_at is not None
+        return SimEvent(now, "straggler", self.index, device, late_s=now - self.closed_at, wasted_bytes=wasted_bytes,
+                        wasted_compute_s=0.0, wasted_energy_j=wasted_energy_j)
+
 
 def selection_size(over_selection: float, target: int) -> int:
     """ceil(over_selection * target), immune to 1.3 * 10 = 13.000000000000002."""
@@ -104,3 +124,95 @@ def server(env: simpy.Environment, world: WorldSpec, devices: Sequence[Device], 
         emit(SimEvent(env.now, "round_end", r, reason="target" if rnd.quorum_reached.triggered else "deadline",
                       aggregated=len(merged), selected=len(chosen), duration_s=env.now - rnd.started_at))
         workload.on_round_end(r, env.now)
+
+
+def staleness_weight(staleness: int) -> float:
+    """FedBuff's weight of an update `staleness` versions old: 1 / sqrt(1 + s)."""
+    return 1.0 / math.sqrt(1.0 + staleness)
+
+
+class Buffer:
+    """The asynchronous server's state: the current model version and the updates waiting."""
+
+    def __init__(self, env: simpy.Environment, spec, workload: Workload, emit: Emit):
+        self.env, self.spec, self.workload, self.emit = env, spec, workload, emit
+        self.version = 0  # the current model version; it rises by one at every aggregation
+        self.waiting: list[tuple[int, int]] = []  # (device, staleness) in arrival order
+        self.selected = 0  # devices picked while the current version was current
+        self.version_started = env.now
+        self.done = env.event()  # fires when `spec.rounds` aggregations are done
+
+    def holds(self, device: int) -> bool:
+        return any(d == device for d, _ in self.waiting)
+
+    def arrive(self, device: int, downloaded: int) -> bool:
+        staleness = self.version - downloaded
+        if self.spec.max_staleness is not None and staleness > self.spec.max_staleness:
+            return False
+        self.waiting.append((device, staleness))
+        if len(self.waiting) == self.spec.buffer:
+            self.aggregate()
+        return True
+
+    def aggregate(self) -> None:
+        k, now = self.version, self.env.now
+        merged = sorted(self.waiting)
+        devices = [d for d, _ in merged]
+        weights = [staleness_weight(s) for _, s in merged]
+        self.waiting = []
+        self.emit(SimEvent(now, "aggregated", k, devices=tuple(devices), count=len(devices), weights=tuple(weights),
+                           stalenesses=tuple(s for _, s in merged)))
+        self.workload.on_aggregate(k, devices, weights)
+        self.emit(SimEvent(now, "round_end", k, reason="buffer", aggregated=len(devices), selected=self.selected,
+                           duration_s=now - self.version_started))
+        self.workload.on_round_end(k, now)
+        self.version += 1
+        if self.version == self.spec.rounds:
+            self.done.succeed()
+
+
+class Ticket:
+    """One device's job for the asynchronous server (the device's `RoundPort`)."""
+
+    closed_at = None
+
+    def __init__(self, buffer: Buffer, version: int):
+        self.buffer, self.index = buffer, version
+
+    def deliver(self, device: int) -> bool:
+        if self.buffer.done.triggered:  # the run is over; the update is never merged
+            return True
+        return self.buffer.arrive(device, self.index)
+
+    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float) -> SimEvent:
+        """Too stale: dropped; like a straggler it wastes the upload, not the local training."""
+        return SimEvent(now, "stale", self.index, device, staleness=self.buffer.version - self.index,
+                        wasted_bytes=wasted_bytes, wasted_compute_s=0.0, wasted_energy_j=wasted_energy_j)
+
+
+def async_server(env: simpy.Environment, world: WorldSpec, devices: Sequence[Device], doorbell: Doorbell,
+                 workload: Workload, seed: int, emit: Emit):
+    """Run `world.server.rounds` buffered asynchronous aggregations (FedBuff; FedAsync when K = 1)."""
+    spec = world.server
+    buffer = Buffer(env, spec, workload, emit)
+    jobs = [0] * len(devices)  # participations so far, per device: keys its random draws
+    picks = 0  # devices picked so far: keys the selection stream
+    announced = -1
+    while not buffer.done.triggered:
+        if announced < buffer.version:
+            announced = buffer.version
+            buffer.selected, buffer.version_started = 0, env.now
+            emit(SimEvent(env.now, "round_start", buffer.version, target=spec.buffer,
+                          eligible=sum(1 for device in devices if device.ready)))
+        free = spec.concurrency - sum(1 for device in devices if device.busy)
+        ready = [device for device in devices if device.ready and not buffer.holds(device.id)]
+        for device in choose(ready, max(0, free), seed, picks, len(devices)) if free > 0 and ready else []:
+            picks += 1
+            buffer.selected += 1
+            emit(SimEvent(env.now, "selected", buffer.version, device.id))
+            job = jobs[device.id]
+            jobs[device.id] += 1
+            device.join(Ticket(buffer, buffer.version), workload.cost(device.id, buffer.version),
+                        compute_slowdown(seed, device.id, job, world.compute_noise_sigma),
+                        failure_after_s(seed, device.id, job, world.dropout.hazard_per_hour), workload, emit)
+        yield doorbell.wait() | buffer.done

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from simfed.sim.profiles import load_links, load_tiers
 
@@ -38,7 +38,26 @@ class TraceSpec(_Strict):
     offset_s: float = Field(0.0, ge=0)  # start this many seconds into each client's trace
 
 
-AvailabilitySpec = Annotated[Union[AlwaysOnSpec, MarkovSpec, TraceSpec], Field(discriminator="kind")]
+class DiurnalSpec(_Strict):
+    """Hour-of-day availability: online (ready) periods with Weibull lengths, offline periods whose
+    hazard of ending depends on the hour, chosen so that the long-run fraction of devices online in
+    hour h is `hourly[h]` (construction in availability.py). Sim time 0 is `start_hour` o'clock."""
+
+    kind: Literal["diurnal"]
+    hourly: list[float] | None = Field(None, min_length=24, max_length=24)  # fraction online in hour 0..23; None = built-in FLASH profile (simfed/profiles/diurnal.yaml)
+    weibull_shape: float = Field(0.75, gt=0)  # shape k of online-period lengths (FLASH fit: ~0.75)
+    weibull_scale_s: float = Field(134 * 60.0, gt=0)  # scale of online-period lengths, seconds (FLASH fit: ~134 min)
+    start_hour: float = Field(0.0, ge=0, lt=24)  # local hour of day at sim time 0
+
+    @field_validator("hourly")
+    @classmethod
+    def _fractions(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and not all(0 < v < 1 for v in values):
+            raise ValueError("hourly fractions must lie strictly between 0 and 1")
+        return values
+
+
+AvailabilitySpec = Annotated[Union[AlwaysOnSpec, MarkovSpec, TraceSpec, DiurnalSpec], Field(discriminator="kind")]
 
 
 class DeviceGroupSpec(_Strict):
@@ -78,13 +97,37 @@ class DropoutSpec(_Strict):
 
 
 class ServerSpec(_Strict):
-    """Synchronous rounds with over-selection and a reporting deadline (Bonawitz et al. 2019)."""
+    """The server's round policy and its network side.
 
-    rounds: PositiveInt = 10  # rounds to run
-    target_per_round: PositiveInt = 10  # updates the server waits for before it closes a round
-    over_selection: float = Field(1.3, ge=1)  # selects ceil(over_selection * target) devices
-    deadline_s: float = Field(600.0, gt=0)  # a round closes this many seconds after it starts, at the latest
+    sync: synchronous rounds with over-selection and a reporting deadline (Bonawitz et al. 2019).
+    fedbuff: asynchronous; `concurrency` devices train at once, the server merges every
+    `buffer_size` arrivals with staleness weights 1/sqrt(1+s) (Nguyen et al., AISTATS 2022).
+    fedasync: fedbuff with a buffer of one (Xie et al. 2019). For the asynchronous policies a
+    "round" is one aggregation (one new model version) and target/over-selection/deadline are unused.
+    """
+
+    policy: Literal["sync", "fedbuff", "fedasync"] = "sync"
+    rounds: PositiveInt = 10  # rounds to run (async: aggregations, i.e. model versions)
+    target_per_round: PositiveInt = 10  # sync: updates the server waits for before it closes a round
+    over_selection: float = Field(1.3, ge=1)  # sync: selects ceil(over_selection * target) devices
+    deadline_s: float = Field(600.0, gt=0)  # sync: a round closes this many seconds after it starts, at the latest
+    buffer_size: PositiveInt = 10  # fedbuff: arrivals merged per aggregation, K (fedasync: always 1)
+    max_staleness: int | None = Field(None, ge=0)  # async: updates staler than this are dropped (`stale`); None = keep all
+    concurrency: PositiveInt = 10  # async: devices training at once
+    ingress_mbps: float | None = Field(None, gt=0)  # server download capacity for uploads, megabits/s, shared by concurrent uploads; None = unlimited
+    egress_mbps: float | None = Field(None, gt=0)  # server upload capacity for downloads, megabits/s, shared by concurrent downloads; None = unlimited
     max_sim_time_s: float | None = Field(None, gt=0, allow_inf_nan=True)  # stop the run at this sim time, seconds; None = no limit
+
+    @property
+    def buffer(self) -> int:
+        """K: arrivals per aggregation of the asynchronous policies."""
+        return 1 if self.policy == "fedasync" else self.buffer_size
+
+    @model_validator(mode="after")
+    def _fedasync_has_no_buffer(self) -> "ServerSpec":
+        if self.policy == "fedasync" and "buffer_size" in self.model_fields_set and self.buffer_size != 1:
+            raise ValueError("fedasync merges every arrival: leave buffer_size out (or use policy: fedbuff)")
+        return self
 
 
 class WorldSpec(_Strict):
@@ -100,3 +143,11 @@ class WorldSpec(_Strict):
     @property
     def n_devices(self) -> int:
         return sum(group.count for group in self.fleet)
+
+    @model_validator(mode="after")
+    def _buffer_fits_the_fleet(self) -> "WorldSpec":
+        # a device's update waits in the buffer until it is merged, and the device is not picked
+        # again meanwhile: a buffer larger than the fleet would never fill
+        if self.server.policy != "sync" and self.server.buffer > self.n_devices:
+            raise ValueError(f"server.buffer_size {self.server.buffer} exceeds the fleet's {self.n_devices} devices")
+        return self

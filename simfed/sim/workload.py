@@ -33,8 +33,16 @@ class Workload(Protocol):
         """`device` finished its local computation: the real training happens here."""
         ...
 
-    def on_aggregate(self, round_index: int, devices: list[int]) -> None:
-        """The server merges the updates of `devices` (sorted ids, arrived before the deadline)."""
+    def on_aggregate(self, round_index: int, devices: list[int], weights: list[float] | None = None) -> None:
+        """The server merges the updates of `devices` (sorted ids, arrived before the deadline).
+
+        Synchronous rounds call it with two arguments (weights None: merge as the method does).
+        The asynchronous policies pass `weights`, one per device in the same order: FedBuff's
+        staleness weights 1/sqrt(1 + s), where s is how many versions the model moved on
+        between the device's download and its update's arrival; `round_index` is then the
+        version being merged (the model goes from version round_index to round_index + 1).
+        The updates may have been trained from different versions: merge each as a change
+        relative to the model that device downloaded (see on_download)."""
         ...
 
     def on_round_end(self, round_index: int, sim_time_s: float) -> None:

@@ -29,8 +29,11 @@ class FakeWorkload:
     def on_compute_done(self, device: int, round_index: int) -> None:
         self.calls.append(("compute_done", device, round_index))
 
-    def on_aggregate(self, round_index: int, devices: list[int]) -> None:
-        self.calls.append(("aggregate", round_index, list(devices)))
+    def on_aggregate(self, round_index: int, devices: list[int], weights: list[float] | None = None) -> None:
+        if weights is None:
+            self.calls.append(("aggregate", round_index, list(devices)))
+        else:
+            self.calls.append(("aggregate", round_index, list(devices), list(weights)))
 
     def on_round_end(self, round_index: int, sim_time_s: float) -> None:
         self.calls.append(("round_end", round_index, sim_time_s))

@@ -18,8 +18,11 @@ TERMINAL = ("upload_end", "dropped")
 
 @st.composite
 def availability(draw):
-    if draw(st.booleans()):
+    choice = draw(st.sampled_from(["always_on", "always_on", "markov", "markov", "diurnal"]))
+    if choice == "always_on":
         return {"kind": "always_on"}
+    if choice == "diurnal":  # the built-in FLASH profile (solved once, cached), at any hour
+        return {"kind": "diurnal", "start_hour": draw(st.floats(0, 23.9))}
     return {"kind": "markov", "mean_on_s": draw(st.floats(5, 3000)), "mean_off_s": draw(st.floats(5, 3000))}
 
 

@@ -172,11 +172,11 @@ def recompute(stream: list[dict]) -> dict:
             out["wasted_compute_s"] += c + (e["seconds"] if e["phase"] == "compute" else 0)
             out["wasted_energy_j"] += j + e["energy_j"]
             out["dropouts"] += 1
-        if e["kind"] == "straggler":
+        if e["kind"] in ("straggler", "stale"):
             upload = [x for x in stream if x["kind"] == "upload_end" and (x["device"], x["round"]) == key][0]
             out["wasted_bytes"] += upload["bytes"]
             out["wasted_energy_j"] += upload["energy_j"]
-            out["stragglers"] += 1
+            out["stragglers" if e["kind"] == "straggler" else "stale"] += 1
         if "energy_j" in e:
             out["energy_j"] += e["energy_j"]
             spent[key][2] += e["energy_j"]
