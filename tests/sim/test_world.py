@@ -135,7 +135,8 @@ def test_trace_replay_merges_shifts_and_repeats(tmp_path):
                        (False, 60.0)]
 
 
-FLASH = Path("/work/shared/traces/availability_flash_1000.json")
+# ../shared beside the checkout (as laid for sessions and CI); the trace is never committed
+FLASH = Path(__file__).resolve().parents[2].parent / "shared" / "traces" / "availability_flash_1000.json"
 
 
 @pytest.mark.skipif(not FLASH.exists(), reason="FLASH trace not available here")
