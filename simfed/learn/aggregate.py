@@ -98,3 +98,71 @@ def tail_norm(state: State, rank: int, gamma: float) -> torch.Tensor:
         a, b = state[f"{module}.lora_A"], state[f"{module}.lora_B"]
         total = total + torch.linalg.norm(a[k:rank]) * torch.linalg.norm(b[:, k:rank])
     return total
+
+
+# --- FlexLoRA (Bai et al. 2024) -----------------------------------------------------------------
+
+
+def _pad_factors(b: torch.Tensor, a: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """B (out, k) and A (k, in) with k ≤ rank, padded with zero columns / rows to `rank`."""
+    a_pad, b_pad = zero_pad_rank(a, b, rank)
+    return b_pad, a_pad
+
+
+def low_rank_svd(b_cat: torch.Tensor, a_cat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The thin SVD U, S, Vᵀ of the product b_cat @ a_cat, (out, k) @ (k, in), never forming it.
+
+    Reduced QR of both factors (b_cat = Q_b R_b, a_catᵀ = Q_a R_a) leaves only the small core
+    R_b R_aᵀ (at most k × k) to decompose: b_cat a_cat = Q_b (R_b R_aᵀ) Q_aᵀ = (Q_b u) s (vᵀ Q_aᵀ).
+    Exact, and costs O((out + in)·k²) instead of an out × in SVD.
+    """
+    q_b, r_b = torch.linalg.qr(b_cat)  # (out, m), (m, k)
+    q_a, r_a = torch.linalg.qr(a_cat.T)  # (in, n), (n, k)
+    u, s, vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)  # core (m, n)
+    return q_b @ u, s, vh @ q_a.T
+
+
+def flexlora_aggregate(uploads: list[State], weights: list[float], scales: list[float], rank: int) -> State:
+    """Per module, the best rank-`rank` factors of ΔW = Σ_i (w_i/Σw)·s_i·B_i A_i, at scale 1.
+
+    Returns `<module>.lora_B` = U_r √S_r (out, rank) and `<module>.lora_A` = √S_r V_rᵀ (rank, in), so
+    B A = U_r S_r V_rᵀ; the square root splits each singular value evenly between the two factors.
+    Devices may upload different ranks; when Σ r_i < rank the factors are padded with zeros.
+    Computed in float64, returned in the uploads' dtype.
+    """
+    total = float(sum(weights))
+    merged: State = {}
+    for module in lora_modules(uploads[0]):
+        a_s = [u[f"{module}.lora_A"] for u in uploads]
+        b_cat = torch.cat([(w / total) * s * u[f"{module}.lora_B"].double() for u, w, s in zip(uploads, weights, scales)], 1)
+        a_cat = torch.cat([a.double() for a in a_s], 0)
+        u_, s_, vh = low_rank_svd(b_cat, a_cat)
+        k = min(rank, s_.shape[0])
+        root = s_[:k].sqrt()
+        b, a = _pad_factors(u_[:, :k] * root, root[:, None] * vh[:k], rank)
+        merged[f"{module}.lora_B"] = b.to(a_s[0].dtype)
+        merged[f"{module}.lora_A"] = a.to(a_s[0].dtype)
+    return merged
+
+
+def flexlora_redistribute(global_state: State, rank: int, scale: float) -> State:
+    """A device's rank-r pair from the global factors: the first r, each divided by √s.
+
+    Then s·B A = U_r S_r V_rᵀ, the best rank-r approximation of the aggregated ΔW (Eckart–Young),
+    at the device's own scaling s = alpha/√r.
+    """
+    root = math.sqrt(scale)
+    out: State = {}
+    for module in lora_modules(global_state):
+        a, b = truncate_rank(global_state[f"{module}.lora_A"], global_state[f"{module}.lora_B"], rank)
+        out[f"{module}.lora_A"], out[f"{module}.lora_B"] = a / root, b / root
+    return out
+
+
+# --- PCL (Wagner et al. 2024) ---------------------------------------------------------------------
+
+
+def softmax_neg(values: list[float]) -> list[float]:
+    """softmax(−v): PCL's collaboration weights from perplexities (lower perplexity, more weight)."""
+    t = torch.softmax(-torch.tensor(values, dtype=torch.float64), dim=0)
+    return [float(x) for x in t]

@@ -6,7 +6,9 @@ global step counter that survives rounds) a router phase of `router_steps` AdamW
 constant lr on the routers only, on validation batches. The two optimizers never see each other's
 gradients: the parameters of the other group have `requires_grad` off during a phase, so no
 gradient is even computed for them, and each optimizer zeroes its gradients (to None) after
-stepping. Methods without routers simply never enter a router phase.
+stepping. Methods without routers simply never enter a router phase. What trains in an expert step
+is exactly what the expert optimizer holds: with `joint_router` (Local-/FedAvg-MoE, pFedMoE) that
+includes the routers and there are no router phases; a tensor left out of it (FFA-LoRA's A) is frozen.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class Recipe:
     router_steps: int = 10
     router_lr: float = 2e-3
     router_split: str = "val"  # "val" (CoMiGS) or "train" (the -tr ablation)
+    joint_router: bool = False  # routers train in the expert optimizer's steps (Local-/FedAvg-MoE, pFedMoE)
 
 
 @dataclass
@@ -52,10 +55,12 @@ class ClientState:
 
 
 def new_client_state(adapters: DeviceAdapters, recipe: Recipe) -> ClientState:
-    expert_opt = torch.optim.AdamW(
-        adapters.expert_parameters(), lr=recipe.lr, betas=ADAM_BETAS, weight_decay=recipe.weight_decay
-    )
+    """AdamW on the LoRA (and, with `joint_router`, the routers too); a router optimizer otherwise."""
     routers = adapters.router_parameters()
+    trained = adapters.expert_parameters() + (routers if recipe.joint_router else [])
+    expert_opt = torch.optim.AdamW(trained, lr=recipe.lr, betas=ADAM_BETAS, weight_decay=recipe.weight_decay)
+    if recipe.joint_router:
+        routers = []
     router_opt = (
         torch.optim.AdamW(routers, lr=recipe.router_lr, betas=ADAM_BETAS, weight_decay=recipe.weight_decay)
         if routers
@@ -82,9 +87,16 @@ def next_token_loss(model: AdaptedModel, windows: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), windows[:, 1:].reshape(-1))
 
 
-def _set_trainable(params: list[torch.nn.Parameter], on: bool) -> None:
-    for p in params:
-        p.requires_grad_(on)
+def optimised(opt: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    """The parameters an optimizer steps."""
+    return [p for group in opt.param_groups for p in group["params"]]
+
+
+def _train_only(adapters: DeviceAdapters, params: list[torch.nn.Parameter]) -> None:
+    """Gradients for `params` and for no other adapter tensor (frozen tensors, e.g. FFA-LoRA's A, stay so)."""
+    ids = {id(p) for p in params}
+    for p in adapters.parameters():
+        p.requires_grad_(id(p) in ids)
 
 
 def _batch(tokens: np.ndarray, recipe: Recipe, rng: np.random.Generator, device: torch.device) -> torch.Tensor:
@@ -97,9 +109,7 @@ def router_phase(
 ) -> float:
     """`router_steps` steps on the routers only; returns the mean loss."""
     adapters = state.adapters
-    experts, routers = adapters.expert_parameters(), adapters.router_parameters()
-    _set_trainable(experts, False)
-    _set_trainable(routers, True)
+    _train_only(adapters, optimised(state.router_opt))
     losses = []
     try:
         for _ in range(recipe.router_steps):
@@ -112,8 +122,7 @@ def router_phase(
             state.router_opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
     finally:
-        _set_trainable(experts, True)
-        _set_trainable(routers, False)
+        _train_only(adapters, optimised(state.expert_opt))
     return float(np.mean(losses)) if losses else float("nan")
 
 
@@ -135,9 +144,7 @@ def train_locally(
     every expert optimizer step (HetLoRA keeps its pruned slices at zero there).
     """
     adapters = state.adapters
-    experts, routers = adapters.expert_parameters(), adapters.router_parameters()
-    _set_trainable(experts, True)
-    _set_trainable(routers, False)
+    _train_only(adapters, optimised(state.expert_opt))
     router_tokens = val_tokens if recipe.router_split == "val" else train_tokens
     losses: list[float] = []
     with model.using(adapters):

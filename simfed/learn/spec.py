@@ -14,7 +14,11 @@ class MethodSpec(_Strict):
     """One method to compare; `name` labels it in the outputs, `kind` picks the implementation."""
 
     name: str
-    kind: Literal["comigs", "hetlora", "fedavg", "local"]
+    kind: Literal[
+        "comigs", "hetlora", "fedavg", "local",
+        "ffa_lora", "flexlora", "pcl", "pretrained", "centralized",
+        "local_moe", "fedavg_moe", "pfedmoe",
+    ]
     # CoMiGS: 1g1s (E=2), 2g, 2s, 1gxs (E per device from its budget)
     variant: Literal["1g1s", "2g", "2s", "1gxs"] = "1g1s"
     rank: PositiveInt = 8  # LoRA rank of every expert / of attention (CoMiGS, FedAvg, Local)
@@ -32,6 +36,11 @@ class MethodSpec(_Strict):
     router_steps: PositiveInt = 10
     router_lr: float = Field(2e-3, gt=0)
     aggregation_weights: Literal["uniform", "tokens"] = "uniform"
+    # CoMiGS: "train" is the -tr ablation (router phases on fresh training batches, not validation)
+    router_split: Literal["val", "train"] = "val"
+    # PCL: collaborate at the start of 0-based round r when r >= pcl_start and (r - pcl_start) % pcl_every == 0
+    pcl_start: int = Field(4, ge=1)
+    pcl_every: PositiveInt = 2
 
 
 class TrainingSpec(_Strict):
@@ -47,3 +56,4 @@ class TrainingSpec(_Strict):
     payload_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dtype tensors travel in
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default
+    dry: bool = False  # systems only: costs from the model card's shapes, no training or evaluation (simfed/run/dry.py)

@@ -25,6 +25,7 @@ from simfed.learn.evaluate import evaluate_windows, evaluation_windows
 from simfed.learn.methods.base import Budget, ClientInfo, LocalPlan, Method, Update
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
+from simfed.run.dry import run_dry
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
 from simfed.run.results import RunDirectory
 from simfed.run.trace import TraceWriter
@@ -142,11 +143,13 @@ def clients_of(fleet: list[DeviceProfile], users: list[UserData]) -> list[Client
 def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None, seeds: list[int], view: Any) -> Path:
     """Run every method of `scenario` for every seed; returns the run directory."""
     training = scenario.training
+    out_root = Path(out_root or scenario.output.dir)
+    if training.dry:  # systems only: no weights, no data, no training (simfed/run/dry.py)
+        return run_dry(scenario, out_root, seeds, view)
     if training.threads:
         torch.set_num_threads(training.threads)
     base = load_base_model(load_card(scenario.model), pick_device(training.device))
     model = AdaptedModel(base)
-    out_root = Path(out_root or scenario.output.dir)
     with (
         RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds) as run,
         TraceWriter(run.path / "trace.json") as trace,

@@ -1,20 +1,22 @@
-"""A device: its profile and link, its availability process, and its part in a round
-(download, compute, upload), which a failure or going offline can cut short."""
+"""Devices: the fleet as the server sees it (`Devices`), and a device's part in a round
+(download, compute, upload), which a failure or going offline can cut short (`Device`)."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
 
 import simpy
 from simpy.events import Process
 from simpy.exceptions import Interrupt
 
-from simfed.sim.availability import Timeline
 from simfed.sim.cost import compute_seconds
 from simfed.sim.events import Phase, SimEvent
 from simfed.sim.fleet import DeviceProfile
 from simfed.sim.network import Link, ServerSide, SharedTransfer, Transfer
+from simfed.sim.presence import Presence
 from simfed.sim.workload import RoundCost, Workload
 
 Emit = Callable[[SimEvent], None]
@@ -35,58 +37,104 @@ class RoundPort(Protocol):
         ...
 
 
-class Device:
-    """One device in the world. It starts its availability process on creation; the server
-    calls `join` to make it take part in a round. `on_ready` is called whenever it becomes
-    online and idle, so a waiting server can look again."""
+class Devices:
+    """The fleet as the server sees it: every device's availability and busy state (`Presence`,
+    a few bytes a device) and a `Device` actor only for the devices working for a round, made when
+    one is picked and dropped when it is done. `on_ready` is called when a device becomes idle
+    while online, so a waiting server can look again."""
 
-    def __init__(self, env: simpy.Environment, profile: DeviceProfile, timeline: Timeline,
+    def __init__(self, env: simpy.Environment, profiles: Sequence[DeviceProfile], presence: Presence,
                  on_ready: Callable[[], None], server: ServerSide | None = None):
-        self.env = env
-        self.profile = profile
-        self.id = profile.device_id
-        self.link = Link.of(env, profile, server)
-        self.online = False
-        self.busy = False  # working on a round, possibly one that has closed (a straggler)
-        self.work: Process | None = None  # the round being worked on
-        self._on_ready = on_ready
-        env.process(availability(env, self, timeline))
+        self.env, self.profiles, self.presence = env, profiles, presence
+        self.on_ready = on_ready
+        self.server = server
+        self.working: dict[int, Device] = {}  # device id -> its actor, while it works for a round
+
+    def __len__(self) -> int:
+        return len(self.profiles)
+
+    def ready(self) -> np.ndarray:
+        """Mask of the devices online and idle now."""
+        return self.presence.ready(self.env.now)
 
     @property
-    def ready(self) -> bool:
-        return self.online and not self.busy
+    def busy_count(self) -> int:
+        return len(self.working)
 
-    def set_online(self, online: bool) -> None:
-        if online == self.online:
-            return
-        self.online = online
-        if online and not self.busy:
-            self._on_ready()
-        if not online and self.work is not None and self.work.is_alive:
-            self.work.interrupt("offline")
+    def next_online(self) -> simpy.Event:
+        """Fires when the first device now offline comes online (never, if none will)."""
+        self.presence.advance(self.env.now)
+        t = self.presence.next_online_s()
+        return self.env.event() if math.isinf(t) else timeout_at(self.env, t)
+
+    def join(self, d: int, rnd: RoundPort, cost: RoundCost, slowdown: float, fail_after_s: float,
+             workload: Workload, emit: Emit) -> None:
+        """Device `d` takes part in `rnd`: it works through it unless it fails `fail_after_s` into it."""
+        assert self.presence.online[d] and not self.presence.busy[d], \
+            f"device {d} joined round {rnd.index} while offline or busy"
+        device = self.working[d] = Device(self, self.profiles[d])
+        self.presence.busy[d] = True
+        device.join(rnd, cost, slowdown, fail_after_s, workload, emit)
+
+    def release(self, d: int) -> None:
+        del self.working[d]
+        self.presence.busy[d] = False
+        if self.presence.online[d]:
+            self.on_ready()
+        else:  # cut by going offline: a server waiting for a free slot looks again when anyone comes online
+            self.next_online().callbacks.append(lambda _event: self.on_ready())
+
+
+def timeout_at(env: simpy.Environment, t: float) -> simpy.Timeout:
+    """A timeout that fires at exactly sim time `t` (now + (t - now) can miss `t` by a rounding)."""
+    delay = t - env.now
+    while env.now + delay < t:
+        delay = math.nextafter(delay, math.inf)
+    while delay > 0 and env.now + delay > t:
+        delay = math.nextafter(delay, -math.inf)
+    return env.timeout(delay)
+
+
+class Device:
+    """One device working for a round: its profile and link, the round's process, and a watch
+    on its availability — going offline cuts the work."""
+
+    def __init__(self, devices: Devices, profile: DeviceProfile):
+        self.env = devices.env
+        self.devices = devices
+        self.profile = profile
+        self.id = profile.device_id
+        self.link = Link.of(devices.env, profile, devices.server)
+        self.work: Process | None = None  # the round being worked on
+        self._watch: simpy.Event | None = None  # fires when the current availability period ends
 
     def join(self, rnd: RoundPort, cost: RoundCost, slowdown: float, fail_after_s: float,
              workload: Workload, emit: Emit) -> None:
-        """Take part in `rnd`: work through it unless the device fails `fail_after_s` into it."""
-        assert self.ready, f"device {self.id} joined round {rnd.index} while offline or busy"
-        self.busy = True
         self.work = self.env.process(device_round(self.env, self, rnd, cost, slowdown, workload, emit))
+        self._watch_period()
         if math.isfinite(fail_after_s):
             self.env.process(failure(self.env, self.work, fail_after_s))
 
+    def _watch_period(self) -> None:
+        until = float(self.devices.presence.until[self.id])
+        if math.isfinite(until):
+            watch = self._watch = timeout_at(self.env, until)
+            watch.callbacks.append(self._period_ends)
+
+    def _period_ends(self, event: simpy.Event) -> None:
+        if event is not self._watch or self.work is None:
+            return  # the device finished its round before this period ended
+        presence = self.devices.presence
+        presence.advance_one(self.id, self.env.now)
+        if not presence.online[self.id]:
+            if self.work.is_alive:
+                self.work.interrupt("offline")
+        else:
+            self._watch_period()
+
     def release(self) -> None:
-        self.busy, self.work = False, None
-        if self.online:
-            self._on_ready()
-
-
-def availability(env: simpy.Environment, device: Device, timeline: Timeline):
-    """The device comes and goes as its timeline says."""
-    for online, duration_s in timeline.periods():
-        device.set_online(online)
-        if math.isinf(duration_s):
-            return
-        yield env.timeout(duration_s)
+        self.work = self._watch = None
+        self.devices.release(self.id)
 
 
 def failure(env: simpy.Environment, work: Process, after_s: float):

@@ -6,10 +6,11 @@ from typing import Callable, Sequence
 import simpy
 
 from simfed.sim.availability import timeline
-from simfed.sim.device import Device
+from simfed.sim.device import Devices
 from simfed.sim.events import SimEvent
 from simfed.sim.fleet import DeviceProfile
 from simfed.sim.network import ServerSide
+from simfed.sim.presence import Presence
 from simfed.sim.server import Doorbell, async_server, server
 from simfed.sim.spec import WorldSpec
 from simfed.sim.workload import Workload
@@ -33,7 +34,7 @@ class Engine:
         self.world, self.fleet, self.workload, self.seed = world, fleet, workload, seed
         self.observers = list(observers)
         self.env: simpy.Environment | None = None
-        self.devices: list[Device] = []
+        self.presence: Presence | None = None
         self.sim_time_s = 0.0  # sim time when the run stopped, seconds
 
     def emit(self, event: SimEvent) -> None:
@@ -45,12 +46,11 @@ class Engine:
         doorbell = Doorbell(env)
         spec = self.world.server
         side = ServerSide(env, spec.ingress_mbps, spec.egress_mbps)
-        self.devices = [
-            Device(env, profile, timeline(group_availability, self.seed, profile.device_id), doorbell.ring, side)
-            for profile, group_availability in zip(self.fleet, self._availability_specs())
-        ]
+        timelines = (timeline(group_availability, self.seed, d) for d, group_availability in enumerate(self._availability_specs()))
+        self.presence = Presence(timelines, len(self.fleet))
+        devices = Devices(env, self.fleet, self.presence, doorbell.ring, side)
         policy = server if spec.policy == "sync" else async_server
-        rounds = env.process(policy(env, self.world, self.devices, doorbell, self.workload, self.seed, self.emit))
+        rounds = env.process(policy(env, self.world, devices, doorbell, self.workload, self.seed, self.emit))
         limit = self.world.server.max_sim_time_s
         until = rounds if limit is None else rounds | env.timeout(limit)
         try:

@@ -24,12 +24,11 @@ device's job count (its 0th, 1st, ... participation) instead of the round.
 from __future__ import annotations
 
 import math
-from typing import Sequence
-
+import numpy as np
 import simpy
 
 from simfed.sim.cost import compute_slowdown, failure_after_s
-from simfed.sim.device import Device, Emit
+from simfed.sim.device import Devices, Emit
 from simfed.sim.events import SimEvent
 from simfed.sim.spec import WorldSpec
 from simfed.sim.streams import Purpose, stream
@@ -89,32 +88,35 @@ def selection_size(over_selection: float, target: int) -> int:
     return math.ceil(round(over_selection * target, 9))
 
 
-def choose(ready: Sequence[Device], k: int, seed: int, round_index: int, n_devices: int) -> list[Device]:
-    """`k` of the `ready` devices uniformly at random, sorted by id. Every device gets a random
-    rank from the (seed, SELECTION, round) stream whoever is ready, so methods whose rounds
-    find different devices busy still share the luck of the draw."""
-    rank = stream(seed, Purpose.SELECTION, round_index).permutation(n_devices)
-    picked = sorted(ready, key=lambda device: rank[device.id])[:k]
-    return sorted(picked, key=lambda device: device.id)
+def choose(ready: np.ndarray, k: int, seed: int, round_index: int) -> list[int]:
+    """`k` of the devices in the `ready` mask uniformly at random, as sorted ids. Every device gets
+    a random rank from the (seed, SELECTION, round) stream whoever is ready, so methods whose
+    rounds find different devices busy still share the luck of the draw; the pick is the `k`
+    ready devices of lowest rank (walked in rank order: no sort over the fleet)."""
+    n = len(ready)
+    rank = stream(seed, Purpose.SELECTION, round_index).permutation(n)
+    by_rank = np.empty(n, dtype=np.int64)
+    by_rank[rank] = np.arange(n)  # device ids in increasing rank
+    return sorted(by_rank[ready[by_rank]][:k].tolist())
 
 
-def server(env: simpy.Environment, world: WorldSpec, devices: Sequence[Device], doorbell: Doorbell,
+def server(env: simpy.Environment, world: WorldSpec, devices: Devices, doorbell: Doorbell,
            workload: Workload, seed: int, emit: Emit):
     """Run `world.server.rounds` synchronous rounds."""
     spec = world.server
     for r in range(spec.rounds):
-        while not (ready := [device for device in devices if device.ready]):
-            yield doorbell.wait()
-        chosen = choose(ready, selection_size(spec.over_selection, spec.target_per_round), seed, r, len(devices))
+        while not (ready := devices.ready()).any():
+            yield doorbell.wait() | devices.next_online()
+        eligible = int(np.count_nonzero(ready))
+        chosen = choose(ready, selection_size(spec.over_selection, spec.target_per_round), seed, r)
         rnd = Round(env, r, quorum=min(spec.target_per_round, len(chosen)))
-        emit(SimEvent(env.now, "round_start", r, target=rnd.quorum, eligible=len(ready), selected=len(chosen),
+        emit(SimEvent(env.now, "round_start", r, target=rnd.quorum, eligible=eligible, selected=len(chosen),
                       deadline_s=spec.deadline_s))
-        for device in chosen:
-            emit(SimEvent(env.now, "selected", r, device.id))
-        for device in chosen:
-            device.join(rnd, workload.cost(device.id, r),
-                        compute_slowdown(seed, device.id, r, world.compute_noise_sigma),
-                        failure_after_s(seed, device.id, r, world.dropout.hazard_per_hour), workload, emit)
+        for d in chosen:
+            emit(SimEvent(env.now, "selected", r, d))
+        for d in chosen:
+            devices.join(d, rnd, workload.cost(d, r), compute_slowdown(seed, d, r, world.compute_noise_sigma),
+                         failure_after_s(seed, d, r, world.dropout.hazard_per_hour), workload, emit)
 
         yield rnd.quorum_reached | env.timeout(spec.deadline_s)
         rnd.close()
@@ -141,9 +143,6 @@ class Buffer:
         self.selected = 0  # devices picked while the current version was current
         self.version_started = env.now
         self.done = env.event()  # fires when `spec.rounds` aggregations are done
-
-    def holds(self, device: int) -> bool:
-        return any(d == device for d, _ in self.waiting)
 
     def arrive(self, device: int, downloaded: int) -> bool:
         staleness = self.version - downloaded
@@ -190,29 +189,35 @@ class Ticket:
                         wasted_bytes=wasted_bytes, wasted_compute_s=0.0, wasted_energy_j=wasted_energy_j)
 
 
-def async_server(env: simpy.Environment, world: WorldSpec, devices: Sequence[Device], doorbell: Doorbell,
+def async_server(env: simpy.Environment, world: WorldSpec, devices: Devices, doorbell: Doorbell,
                  workload: Workload, seed: int, emit: Emit):
     """Run `world.server.rounds` buffered asynchronous aggregations (FedBuff; FedAsync when K = 1)."""
     spec = world.server
     buffer = Buffer(env, spec, workload, emit)
-    jobs = [0] * len(devices)  # participations so far, per device: keys its random draws
+    jobs: dict[int, int] = {}  # participations so far, per device that has had any: keys its random draws
     picks = 0  # devices picked so far: keys the selection stream
     announced = -1
     while not buffer.done.triggered:
+        ready = devices.ready()
         if announced < buffer.version:
             announced = buffer.version
             buffer.selected, buffer.version_started = 0, env.now
             emit(SimEvent(env.now, "round_start", buffer.version, target=spec.buffer,
-                          eligible=sum(1 for device in devices if device.ready)))
-        free = spec.concurrency - sum(1 for device in devices if device.busy)
-        ready = [device for device in devices if device.ready and not buffer.holds(device.id)]
-        for device in choose(ready, max(0, free), seed, picks, len(devices)) if free > 0 and ready else []:
-            picks += 1
-            buffer.selected += 1
-            emit(SimEvent(env.now, "selected", buffer.version, device.id))
-            job = jobs[device.id]
-            jobs[device.id] += 1
-            device.join(Ticket(buffer, buffer.version), workload.cost(device.id, buffer.version),
-                        compute_slowdown(seed, device.id, job, world.compute_noise_sigma),
-                        failure_after_s(seed, device.id, job, world.dropout.hazard_per_hour), workload, emit)
-        yield doorbell.wait() | buffer.done
+                          eligible=int(np.count_nonzero(ready))))
+        free = spec.concurrency - devices.busy_count
+        if free > 0:
+            for d, _ in buffer.waiting:  # an update waiting to be merged: not picked again meanwhile
+                ready[d] = False
+            for d in choose(ready, free, seed, picks) if ready.any() else []:
+                picks += 1
+                buffer.selected += 1
+                emit(SimEvent(env.now, "selected", buffer.version, d))
+                job = jobs.get(d, 0)
+                jobs[d] = job + 1
+                devices.join(d, Ticket(buffer, buffer.version), workload.cost(d, buffer.version),
+                             compute_slowdown(seed, d, job, world.compute_noise_sigma),
+                             failure_after_s(seed, d, job, world.dropout.hazard_per_hour), workload, emit)
+        wake = doorbell.wait() | buffer.done
+        if devices.busy_count < spec.concurrency:  # a free slot: a device coming online is picked at once
+            wake = wake | devices.next_online()
+        yield wake

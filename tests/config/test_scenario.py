@@ -30,7 +30,8 @@ EXPECTED = {
     "duplicate_methods.yaml": [
         "17: methods.1.name: duplicate method name 'comigs' (also methods.0.name)"],
     "several_problems.yaml": [
-        "16: methods.0.kind: Input should be 'comigs', 'hetlora', 'fedavg' or 'local' (got 'comgis')",
+        "16: methods.0.kind: Input should be 'comigs', 'hetlora', 'fedavg', 'local', 'ffa_lora', 'flexlora', "
+        "'pcl', 'pretrained', 'centralized', 'local_moe', 'fedavg_moe' or 'pfedmoe' (got 'comgis')",
         "20: world.fleet: required key missing",
         "22: world.dropout.hazard_per_hr: unknown key (did you mean 'hazard_per_hour'?)",
         "26: world.server.deadline_s: Input should be greater than 0",

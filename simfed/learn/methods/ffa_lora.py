@@ -1,0 +1,104 @@
+"""FFA-LoRA (Sun et al. 2024): FedAvg on LoRA with every A frozen at the shared server init.
+
+Only B trains and only B moves. A device receives the server's A once — with the first download
+that leads to a local update of it — and never sends A: its A equals the server init bit for bit
+for the whole run (A is not in its optimizer, so neither gradients nor weight decay touch it).
+Download = B (+ A the first time); upload = B; server: (weighted) mean of the B's.
+(The paper's reference code forgot to freeze A; ALGORITHMS.md asks for the real thing.)
+"""
+from __future__ import annotations
+
+import torch
+
+from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.flops import ModelDims
+from simfed.learn.local_update import ADAM_BETAS, ClientState
+from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
+from simfed.learn.methods.common import recipe_for
+from simfed.learn.methods.federation import AdapterFederation, torch_generator
+from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.store import ClientStore
+
+
+def is_lora_a(name: str) -> bool:
+    return name.endswith(".lora_A")
+
+
+def frozen_a_savings(dims: ModelDims, shape: AdapterShape, tokens: int) -> float:
+    """FLOPs one expert step saves when every LoRA A is frozen (`flops.step_flops` assumes they train).
+
+    Per token and A (r × in): its weight gradient, 2·r·in. In layer 0 the projections that read the
+    block's input (all attention linears but the last, the output projection) see the frozen
+    embeddings: with their A frozen nothing below their B needs a gradient, so B's input gradient
+    (2·r·out) goes too. Checked against torch's FlopCounterMode in the tests.
+    """
+    per_layer = sum(2.0 * shape.attn_rank * i for i, _ in dims.attn_linears) if shape.attn_rank else 0.0
+    per_layer += shape.n_experts * sum(2.0 * shape.mlp_rank * i for i, _ in (*dims.mlp_up, dims.mlp_down))
+    reads_input = dims.attn_linears[:-1]  # the output projection is last in every card
+    layer0 = sum(2.0 * shape.attn_rank * o for _, o in reads_input) if shape.attn_rank else 0.0
+    return tokens * (dims.n_layers * per_layer + layer0)
+
+
+class FFALoRA(Method):
+    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: True, training.eval_windows)
+        self.fed.store = ClientStore(self._fresh_state)
+        self.has_a: set[int] = set()  # clients that hold the server's A
+
+    def _fresh_state(self, client: int) -> ClientState:
+        """Adapters with A frozen; AdamW over the B's only (no router: one LoRA, E = 1)."""
+        fed = self.fed
+        adapters = fed.model.new_adapters(fed.shapes[client], torch_generator(fed.seed, client))
+        b_params = [p for n, p in adapters.named_parameters() if n.endswith("lora_B")]
+        for n, p in adapters.named_parameters():
+            p.requires_grad_(n.endswith("lora_B"))
+        r = fed.recipe
+        opt = torch.optim.AdamW(b_params, lr=r.lr, betas=ADAM_BETAS, weight_decay=r.weight_decay)
+        return ClientState(adapters, opt, None)
+
+    def setup(self, clients: list[ClientInfo], seed: int) -> None:
+        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
+        self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
+        self.fed.fresh_payload = lambda c: {n: t.clone() for n, t in self.fed.server.items()}
+
+    def _download_names(self, client: int) -> list[str]:
+        names = self.fed.shared_names(client)
+        return names if client not in self.has_a else [n for n in names if not is_lora_a(n)]
+
+    def _upload_names(self, client: int) -> list[str]:
+        return [n for n in self.fed.shared_names(client) if not is_lora_a(n)]
+
+    def download(self, client: int) -> dict[str, torch.Tensor]:
+        return {n: self.fed.server[n].clone() for n in self._download_names(client)}
+
+    def local_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> Update:
+        if any(is_lora_a(n) for n in received):
+            self.has_a.add(client)
+        elif client not in self.has_a:
+            raise RuntimeError(f"FFA-LoRA: client {client} trains without ever having received the server's A")
+        update = self.fed.local_update(client, received, plan)
+        upload = {n: t for n, t in update.upload.items() if not is_lora_a(n)}
+        return Update(client, upload, update.n_tokens, update.train_loss, update.extra)
+
+    def aggregate(self, updates: list[Update], round_index: int) -> None:
+        if updates:  # the server's A never changes: no upload carries it
+            self.fed.mean_into_server(updates, self.fed.client_weights(updates, self.spec.aggregation_weights))
+
+    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
+        return self.fed.evaluate(client, split)
+
+    def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return self.fed.shapes_of(client, self._upload_names(client))
+
+    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return self.fed.shapes_of(client, self._download_names(client))
+
+    def round_flops(self, client: int) -> float:
+        r = self.fed.recipe
+        saved = frozen_a_savings(self.fed.dims, self.fed.shapes[client], r.batch_size * r.seq_len)
+        return self.fed.round_flops(client) - r.local_steps * saved
+
+    def describe_client(self, client: int) -> str:
+        return f"LoRA r{self.spec.rank}, A frozen"

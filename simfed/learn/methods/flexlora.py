@@ -1,0 +1,86 @@
+"""FlexLoRA (Bai et al. 2024): one LoRA per device at a budget rank; the server merges full updates by SVD.
+
+Device i holds rank r_i = `rank_for_budget` (the same rule as HetLoRA) at its own scaling
+s_i = alpha/√r_i, and uploads its (A_i, B_i). Per module the server forms
+ΔW = Σ_i (n_i/Σn)·s_i·B_i A_i (n_i = the update's training tokens), takes its SVD U S Vᵀ, and keeps
+the top r_max triplets as global factors U√S, √S Vᵀ (`aggregate.flexlora_aggregate`). Device j
+downloads the first r_j of them divided by √s_j (`aggregate.flexlora_redistribute`), so that
+s_j·B_j A_j = U_{r_j} S_{r_j} V_{r_j}ᵀ, the best rank-r_j approximation of ΔW. (The reference code
+keeps only the last client's term and mixes scalings; this is the paper's definition.)
+Round 0 has no ΔW yet: every device starts from the first r_i rows of one server init of rank
+r_max (A uniform, B = 0), like HetLoRA.
+"""
+from __future__ import annotations
+
+import torch
+
+from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.aggregate import flexlora_aggregate, flexlora_redistribute
+from simfed.learn.budget import rank_for_budget
+from simfed.learn.lora import rslora_scale
+from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
+from simfed.learn.methods.common import recipe_for
+from simfed.learn.methods.federation import AdapterFederation
+from simfed.learn.methods.hetlora import truncate_state
+from simfed.learn.spec import MethodSpec, TrainingSpec
+
+State = dict[str, torch.Tensor]
+
+
+class FlexLoRA(Method):
+    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: True, training.eval_windows)
+        self.ranks: dict[int, int] = {}
+        self.max_rank = 0
+        self.merged = False  # whether the server holds SVD factors (after the first aggregation)
+
+    def setup(self, clients: list[ClientInfo], seed: int) -> None:
+        s = self.spec
+        for c in clients:
+            b = c.budget
+            self.ranks[c.client_id] = rank_for_budget(
+                b.memory_bytes, b.flops_per_s, s.max_experts, s.rank, s.match, 2, s.min_rank, s.max_rank
+            )
+        self.max_rank = max(self.ranks.values())
+        shapes = {c: AdapterShape(1, r, r) for c, r in self.ranks.items()}
+        self.fed.setup(clients, shapes, AdapterShape(1, self.max_rank, self.max_rank), seed)
+        self.fed.fresh_payload = self.download  # a device that never trained holds its share of the server
+
+    def scale(self, client: int) -> float:
+        return rslora_scale(self.fed.shapes[client].alpha, self.ranks[client])
+
+    def download(self, client: int) -> State:
+        rank = self.ranks[client]
+        if not self.merged:  # the server init: a plain LoRA, truncated
+            return truncate_state(self.fed.server, rank)
+        return flexlora_redistribute(self.fed.server, rank, self.scale(client))
+
+    def local_update(self, client: int, received: State, plan: LocalPlan) -> Update:
+        update = self.fed.local_update(client, received, plan)
+        return Update(client, update.upload, update.n_tokens, update.train_loss, {"rank": float(self.ranks[client])})
+
+    def aggregate(self, updates: list[Update], round_index: int) -> None:
+        if not updates:
+            return
+        uploads = [u.upload for u in updates]
+        weights = [float(u.n_tokens) for u in updates]
+        scales = [self.scale(u.client) for u in updates]
+        self.fed.server = flexlora_aggregate(uploads, weights, scales, self.max_rank)
+        self.merged = True
+
+    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
+        return self.fed.evaluate(client, split)
+
+    def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in truncate_state(self.fed.server, self.ranks[client]).items()}
+
+    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return self.upload_shapes(client)
+
+    def round_flops(self, client: int) -> float:
+        return self.fed.round_flops(client)
+
+    def describe_client(self, client: int) -> str:
+        return f"rank {self.ranks[client]}"

@@ -1,0 +1,90 @@
+"""The MoE baselines whose router trains jointly with the experts: Local-MoE, FedAvg-MoE, pFedMoE.
+
+Same model as CoMiGS 1G1S (two MLP experts of `rank` per layer, top-2 router, attention LoRA),
+but no bi-level split and no validation data: the routers sit in the expert optimizer and every
+step trains experts, attention LoRA and routers together on CE(train) + λ·LB (same lr schedule
+and weight decay). What is shared differs:
+
+- local_moe:  nothing leaves the device (attention LoRA included);
+- fedavg_moe: attention LoRA and both experts are averaged; routers stay on the device;
+- pfedmoe:    (Yi et al. 2024) attention LoRA and expert 0 averaged, expert 1 private — 1G1S.
+
+(The "-tr" ablation, alternating updates with router phases on training batches, is CoMiGS with
+`router_split: train`.)
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.flops import round_flops
+from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
+from simfed.learn.methods.comigs import generalist_coefficients
+from simfed.learn.methods.common import expert_index, is_attention, recipe_for
+from simfed.learn.methods.federation import AdapterFederation
+from simfed.learn.spec import MethodSpec, TrainingSpec
+
+N_EXPERTS = 2
+# kind → (attention shared, the experts shared)
+SHARING = {"local_moe": (False, set()), "fedavg_moe": (True, {0, 1}), "pfedmoe": (True, {0})}
+LABELS = {"local_moe": "Local-MoE", "fedavg_moe": "FedAvg-MoE", "pfedmoe": "1G+1S joint"}
+
+
+class JointMoE(Method):
+    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
+        self.name = spec.name
+        self.spec = spec
+        attention_shared, shared_experts = SHARING[spec.kind]
+
+        def shared(name: str) -> bool:
+            if is_attention(name):
+                return attention_shared
+            e = expert_index(name)
+            return e is not None and e in shared_experts  # routers (e None) never leave the device
+
+        recipe = dataclasses.replace(recipe_for(spec, training), joint_router=True)
+        self.fed = AdapterFederation(model, recipe, shared, training.eval_windows)
+        self.server_experts = max(len(shared_experts), 1)
+
+    def setup(self, clients: list[ClientInfo], seed: int) -> None:
+        r = self.spec.rank
+        self.fed.setup(
+            clients, {c.client_id: AdapterShape(N_EXPERTS, r, r) for c in clients},
+            AdapterShape(self.server_experts, r, r), seed,
+        )
+
+    def download(self, client: int) -> dict[str, torch.Tensor]:
+        return self.fed.download(client)
+
+    def local_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> Update:
+        state = self.fed.store.get_or_create(client)
+        if self.spec.lb_form == "generalist":
+            for bank in state.adapters.banks():
+                bank.lb_coeff.copy_(generalist_coefficients(bank.n_experts))
+        return self.fed.local_update(client, received, plan)
+
+    def aggregate(self, updates: list[Update], round_index: int) -> None:
+        if updates:
+            self.fed.mean_into_server(updates, self.fed.client_weights(updates, self.spec.aggregation_weights))
+
+    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
+        return self.fed.evaluate(client, split)
+
+    def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return self.fed.shapes_of(client, self.fed.shared_names(client))
+
+    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return self.upload_shapes(client)
+
+    def round_flops(self, client: int) -> float:
+        """Expert steps (no router phases) plus the routers' weight gradients, 2·d·E a token and layer."""
+        fed, r = self.fed, self.fed.recipe
+        shape = fed.shapes[client]
+        tokens = r.batch_size * r.seq_len
+        router_grads = tokens * fed.dims.n_layers * 2.0 * fed.dims.d_model * shape.n_experts
+        return r.local_steps * router_grads + round_flops(fed.dims, shape, r.batch_size, r.seq_len, r.local_steps)
+
+    def describe_client(self, client: int) -> str:
+        return LABELS[self.spec.kind]

@@ -1,0 +1,134 @@
+"""PCL, client-level collaboration (Wagner et al. 2024): devices mix their peers' models by validation perplexity.
+
+No shared init: every device starts from its own adapters (one LoRA of `rank`, attention and MLP)
+and trains locally. A collaboration happens at the start of round r whenever r ≥ pcl_start and
+(r − pcl_start) % pcl_every == 0 (0-based rounds; defaults 4, 2: rounds 4, 6, 8, …):
+
+- round r−1: every device that trains uploads its whole adapter state after training;
+- the server only relays: round r's download to device i is every OTHER device's model from
+  round r−1 (`peers.<j>.<tensor name>`), i.e. N−1 models — all-to-all traffic through the server;
+- device i evaluates the N models (the N−1 peers and its own) on its OWN validation split,
+  W[i, j] = softmax_j(−ppl_ij), replaces its adapters with Σ_j W[i, j] θ_j, then trains as usual.
+
+Bytes: `upload_shapes` is the full model in the rounds before a collaboration and empty otherwise;
+`download_shapes` is the N−1 relayed models in a collaboration round and empty otherwise. The
+FLOPs of a collaboration round add the N forward passes over the validation windows. Peers that
+did not report in round r−1 are simply absent from i's mix (the row is over who is there).
+"""
+from __future__ import annotations
+
+import torch
+
+from simfed.learn.adapters import AdaptedModel, AdapterShape, copy_into
+from simfed.learn.aggregate import softmax_neg, weighted_mean
+from simfed.learn.evaluate import evaluate_windows
+from simfed.learn.flops import forward_flops
+from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
+from simfed.learn.methods.common import recipe_for
+from simfed.learn.methods.federation import AdapterFederation, torch_generator
+from simfed.learn.spec import MethodSpec, TrainingSpec
+
+State = dict[str, torch.Tensor]
+PEERS = "peers."
+
+
+def peer_name(client: int, name: str) -> str:
+    return f"{PEERS}{client}.{name}"
+
+
+def split_peers(received: State) -> dict[int, State]:
+    """`peers.<j>.<name>` tensors → {j: {name: tensor}}."""
+    out: dict[int, State] = {}
+    for key, t in received.items():
+        client, name = key[len(PEERS):].split(".", 1)
+        out.setdefault(int(client), {})[name] = t
+    return out
+
+
+class PCL(Method):
+    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: False, training.eval_windows)
+        self.round = 0  # the round now running (the server's next aggregation)
+        self.relay: dict[int, State] = {}  # models uploaded in the last round before a collaboration
+        # per device, its last collaboration: (round, [device j …], [ppl_ij …], [W_ij …])
+        self.mixing: dict[int, tuple[int, list[int], list[float], list[float]]] = {}
+
+    def collaborates(self, round_index: int) -> bool:
+        s = self.spec
+        return round_index >= s.pcl_start and (round_index - s.pcl_start) % s.pcl_every == 0
+
+    def setup(self, clients: list[ClientInfo], seed: int) -> None:
+        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
+        self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
+        probe = self.fed.model.new_adapters(shape, torch.Generator().manual_seed(0))
+        self.model_shapes = {n: tuple(t.shape) for n, t in probe.views().items()}  # one device's model
+
+    # --- what moves ----------------------------------------------------------------------------
+    def _peers(self, client: int) -> list[int]:
+        return sorted(j for j in self.relay if j != client) if self.collaborates(self.round) else []
+
+    def download(self, client: int) -> State:
+        return {peer_name(j, n): t.clone() for j in self._peers(client) for n, t in self.relay[j].items()}
+
+    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return {peer_name(j, n): tuple(t.shape) for j in self._peers(client) for n, t in self.relay[j].items()}
+
+    def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        if not self.collaborates(self.round + 1):
+            return {}
+        return dict(self.model_shapes)
+
+    # --- device ------------------------------------------------------------------------------
+    def mix(self, client: int, peers: dict[int, State]) -> None:
+        """Device `client` weighs itself and its peers by softmax(−ppl on its val split) and averages."""
+        own = self.fed.store.get_or_create(client).adapters
+        scratch = self.fed.model.new_adapters(self.fed.shapes[client], torch_generator(self.fed.seed, client))
+        windows = self.fed.windows(client, "val")
+        states, ppls, who = [], [], []
+        for j in sorted([client, *peers]):
+            if j == client:
+                state = {n: t.detach().clone() for n, t in own.views().items()}
+                ppl = evaluate_windows(self.fed.model, own, windows, self.fed.eval_batch).ppl
+            else:
+                state = peers[j]
+                copy_into(scratch, state)
+                ppl = evaluate_windows(self.fed.model, scratch, windows, self.fed.eval_batch).ppl
+            states.append(state)
+            ppls.append(ppl)
+            who.append(j)
+        weights = softmax_neg(ppls)
+        copy_into(own, weighted_mean(states, weights))
+        self.mixing[client] = (self.round, who, ppls, weights)
+
+    def local_update(self, client: int, received: State, plan: LocalPlan) -> Update:
+        if received:
+            self.mix(client, split_peers(received))
+        update = self.fed.local_update(client, {}, plan)
+        upload: State = {}
+        if self.collaborates(self.round + 1):
+            views = self.fed.local_adapters(client).views()
+            upload = {n: t.detach().clone() for n, t in views.items()}
+        return Update(client, upload, update.n_tokens, update.train_loss, update.extra)
+
+    # --- server ------------------------------------------------------------------------------
+    def aggregate(self, updates: list[Update], round_index: int) -> None:
+        """The server only relays: it keeps the models uploaded before a collaboration round."""
+        if self.collaborates(round_index + 1):
+            self.relay = {u.client: u.upload for u in updates if u.upload}
+        self.round = round_index + 1
+
+    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
+        return self.fed.evaluate(client, split)
+
+    def round_flops(self, client: int) -> float:
+        flops = self.fed.round_flops(client)
+        n_peers = len(self._peers(client))
+        if n_peers:
+            n_windows = len(self.fed.windows(client, "val"))
+            flops += (n_peers + 1) * forward_flops(self.fed.dims, self.fed.shapes[client], n_windows, self.fed.recipe.seq_len)
+        return flops
+
+    def describe_client(self, client: int) -> str:
+        return f"LoRA r{self.spec.rank}, PCL"

@@ -1,0 +1,207 @@
+"""Dry mode (`training.dry: true`): the simulated world at full scale, with no learning at all.
+
+`DryWorkload` answers the engine's cost questions exactly as the real method would — bytes from
+the adapter tensors' shapes in the travel dtype, FLOPs from `simfed.learn.flops` — but trains,
+aggregates and evaluates nothing. The model is never loaded: `model_dims` reads the card's
+transformers config and builds the network on PyTorch's `meta` device (shapes, no storage) to
+read the LoRA sites' dimensions the same way `AdaptedModel` does. Where the config comes from:
+
+- `source.kind: config` cards: the card's own `source.config`;
+- `gguf_package` / `pretrained` cards: `~/.cache/simfed/models/<name>/config.json` (written by the
+  first real load; `$SIMFED_CACHE` moves it); if absent, the model is loaded once to read it.
+
+A device's adapter shape follows the same budget rule as the real methods (`simfed.learn.budget`),
+so for every device and round: download/upload bytes and FLOPs equal what the method reports
+(tests/run/test_dry.py checks CoMiGS 1GXS and HetLoRA on tiny-gpt2). Supported kinds: comigs,
+hetlora, fedavg, local. What dry mode cannot know, because it depends on training: HetLoRA's
+self-pruning (a dry device keeps its initial rank, so its bytes are those of a run that never
+prunes).
+
+Outputs: events.jsonl, trace.json and summary.json as usual (`training_calls` is 0); metrics.csv
+holds one `mean` row per evaluation round (every `eval_every` rounds and the last), with the
+cumulative bytes up/down, energy and sim time, and ppl/acc NaN (nothing is evaluated).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simfed.errors import SimfedError
+from simfed.learn.adapters import AdapterShape
+from simfed.learn.base_model import cache_root, load_base_model
+from simfed.learn.budget import experts_for_budget, rank_for_budget
+from simfed.learn.flops import ModelDims, round_flops, router_phases_in_round
+from simfed.learn.lora import linear_dims
+from simfed.learn.model_card import ModelCard, load_card
+from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.run.payload import element_size
+from simfed.run.results import RunDirectory
+from simfed.sim.accounting import Tally
+from simfed.sim.engine import Engine
+from simfed.sim.events import SimEvent
+from simfed.sim.fleet import DeviceProfile, build_fleet
+from simfed.sim.workload import RoundCost
+
+DRY_KINDS = ("comigs", "hetlora", "fedavg", "local")
+SHARED_EXPERTS = {"1g1s": 1, "1gxs": 1, "2g": 2, "2s": 0}  # CoMiGS: experts the server holds and devices exchange
+
+
+def card_config(card: ModelCard) -> Any:
+    """The card's transformers config, without loading weights where it can (see the module doc)."""
+    from transformers import AutoConfig
+
+    if card.source.kind == "config":
+        cfg = dict(card.source.config or {})
+        return AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    cached = cache_root() / "models" / card.name / "config.json"
+    if cached.exists():
+        return AutoConfig.from_pretrained(cached.parent)
+    return load_base_model(card, "cpu").model.config  # no cache yet: load once (this also writes the cache)
+
+
+def _module(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def model_dims(card: ModelCard) -> ModelDims:
+    """`ModelDims` of the card's model from its config alone (a `meta`-device skeleton: no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    config = card_config(card)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    layers = _module(model, card.layers)
+    layer = layers[0]
+    mlp = _module(layer, card.mlp.module)
+    n_heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_heads)
+    return ModelDims(
+        n_layers=len(layers),
+        d_model=int(config.hidden_size),
+        d_attn=n_heads * head_dim,
+        vocab=int(config.vocab_size),
+        attn_linears=tuple(tuple(linear_dims(_module(layer, path))) for path in card.attention),
+        mlp_up=tuple(tuple(linear_dims(_module(mlp, name))) for name in card.mlp.up),
+        mlp_down=tuple(linear_dims(_module(mlp, card.mlp.down))),
+    )
+
+
+@dataclass(frozen=True)
+class DryMethod:
+    """One method's costs as a function of a device's budget, from the shapes alone."""
+
+    spec: MethodSpec
+    training: TrainingSpec
+    dims: ModelDims
+
+    def __post_init__(self) -> None:
+        if self.spec.kind not in DRY_KINDS:
+            raise SimfedError(f"method {self.spec.name!r}: dry mode supports {', '.join(DRY_KINDS)}, "
+                              f"not {self.spec.kind!r}")
+
+    def shape(self, device: DeviceProfile) -> AdapterShape:
+        """The device's adapters, by the same rule as the real method's `setup`."""
+        s, memory, speed = self.spec, float(device.memory_bytes), device.flops_per_s
+        if s.kind == "comigs":
+            experts = experts_for_budget(memory, speed, s.max_experts) if s.variant == "1gxs" else 2
+            return AdapterShape(experts, s.rank, s.rank)
+        if s.kind == "hetlora":
+            rank = rank_for_budget(memory, speed, s.max_experts, s.rank, s.match, 2, s.min_rank, s.max_rank)
+            return AdapterShape(1, rank, rank)
+        return AdapterShape(1, s.rank, s.rank)
+
+    def payload_numel(self, shape: AdapterShape) -> int:
+        """Elements of the tensors a device downloads (and uploads: the same for these methods)."""
+        d = self.dims
+        attn = d.n_layers * sum(shape.attn_rank * (i + o) for i, o in d.attn_linears)
+        expert = d.n_layers * sum(shape.mlp_rank * (i + o) for i, o in (*d.mlp_up, d.mlp_down))
+        kind = self.spec.kind
+        if kind == "local":
+            return 0
+        if kind == "comigs":  # attention LoRA and the shared experts; routers and specialists stay home
+            return attn + SHARED_EXPERTS[self.spec.variant] * expert
+        return attn + expert  # hetlora (at the device's rank), fedavg: everything, one expert, no router
+
+    def round_flops(self, shape: AdapterShape, global_step: int) -> float:
+        t, s = self.training, self.spec
+        phases = router_phases_in_round(global_step, t.local_steps, s.tau) if shape.n_experts > 1 else 0
+        return round_flops(self.dims, shape, t.batch_size, t.seq_len, t.local_steps, phases, s.router_steps)
+
+
+@dataclass
+class DryWorkload:
+    """The engine's `Workload` in dry mode: real costs, no learning (see the module doc)."""
+
+    method: DryMethod
+    fleet: list[DeviceProfile]
+    scenario: Any  # Scenario
+    seed: int
+    run: RunDirectory
+    tally: Tally
+    steps: dict[int, int] = field(default_factory=dict)  # device -> expert steps it has run (router phases)
+    training_calls: int = 0  # always 0: dry mode never trains
+
+    def __post_init__(self) -> None:
+        size = element_size(self.scenario.training.payload_dtype)
+        self._bytes = lru_cache(maxsize=None)(lambda shape: self.method.payload_numel(shape) * size)
+
+    @property
+    def name(self) -> str:
+        return self.method.spec.name
+
+    def cost(self, device: int, round_index: int) -> RoundCost:
+        shape = self.method.shape(self.fleet[device])
+        nbytes = self._bytes(shape)
+        return RoundCost(nbytes, nbytes, self.method.round_flops(shape, self.steps.get(device, 0)))
+
+    def on_download(self, device: int, round_index: int) -> None:
+        pass
+
+    def on_compute_done(self, device: int, round_index: int) -> None:
+        # the step counter a real device would have advanced (it decides when router phases come)
+        self.steps[device] = self.steps.get(device, 0) + self.scenario.training.local_steps
+
+    def on_aggregate(self, round_index: int, devices: list[int], weights: list[float] | None = None) -> None:
+        pass
+
+    def on_round_end(self, round_index: int, sim_time_s: float) -> None:
+        rounds, done = self.scenario.world.server.rounds, round_index + 1
+        if done % self.scenario.training.eval_every == 0 or done == rounds:
+            t = self.tally
+            self.run.log_evaluation(self.name, self.seed, done, sim_time_s, t.bytes_up, t.bytes_down, t.energy_j,
+                                    per_device={})
+
+
+def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
+    """`run_scenario` in dry mode: no model weights, no data, no federation; same outputs."""
+    from simfed.run.trace import TraceWriter
+
+    dims = model_dims(load_card(scenario.model))
+    methods = [DryMethod(spec, scenario.training, dims) for spec in scenario.methods]
+    with (
+        RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds) as run,
+        TraceWriter(run.path / "trace.json") as trace,
+    ):
+        for seed in seeds:
+            fleet = build_fleet(scenario.world, seed)
+            for method in methods:
+                name = method.spec.name
+                view.on_method_start(name, seed)
+                tally = Tally()
+                workload = DryWorkload(method, fleet, scenario, seed, run, tally)
+
+                def record(event: SimEvent, name: str = name) -> None:
+                    data = event.to_dict()
+                    run.log_event(name, seed, data)
+                    view.on_event(name, data)
+
+                Engine(scenario.world, fleet, workload, seed, observers=[tally, record, trace.observer(name, seed)]).run()
+                run.finish_method(name, seed, {**tally.as_summary(), "training_calls": 0})
+                view.on_method_done(name)
+        return run.path

@@ -1,0 +1,143 @@
+"""Pretrained, the joint-router MoE baselines, CoMiGS-tr and Centralized; every kind runs a round.
+
+Upload sizes by hand for tiny-gpt2 at rank 8, per layer: attention LoRA (c_attn 8·64 + 192·8,
+c_proj 8·64 + 64·8) = 3072; one MLP expert (c_fc 8·64 + 256·8, c_proj 8·256 + 64·8) = 5120.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import simfed.learn.local_update as local_update
+from simfed.learn.adapters import AdapterShape, copy_into
+from simfed.learn.evaluate import evaluate_windows, evaluation_windows
+from simfed.learn.flops import ModelDims, step_flops
+from simfed.learn.methods.base import LocalPlan
+from simfed.learn.methods.federation import torch_generator
+from simfed.learn.methods.registry import METHODS, build_method
+from simfed.learn.spec import MethodSpec, TrainingSpec
+from tests.learn.conftest import adapted
+from tests.learn.helpers import LOW_END, clients_for, randomise_lora_b, random_ids
+
+TRAINING = TrainingSpec(local_steps=2, batch_size=2, seq_len=32, eval_windows=2)
+ATTN, EXPERT = 3072, 5120
+
+
+def one_round(model, data, spec: MethodSpec, training: TrainingSpec = TRAINING):
+    method = build_method(spec, training, model)
+    method.setup(clients_for(data, [LOW_END] * len(data)), seed=0)
+    updates = [method.local_update(c, method.download(c), LocalPlan(0, 2, seed=0)) for c in range(len(data))]
+    method.aggregate(updates, 0)
+    return method, updates
+
+
+@pytest.mark.parametrize("kind", sorted(METHODS))
+def test_every_kind_runs_a_round_on_llama(tiny_llama, toy_data, kind):
+    method, updates = one_round(tiny_llama, toy_data, MethodSpec(name=kind, kind=kind))
+    for c in (0, 1):
+        assert math.isfinite(method.evaluate(c).ppl)
+        assert method.round_flops(c) >= 0
+        assert {n: tuple(t.shape) for n, t in updates[c].upload.items()} == method.upload_shapes(c) or kind == "pcl"
+
+
+# --- Pretrained -------------------------------------------------------------------------------
+
+
+def test_pretrained_is_the_base_model_for_free(tiny_gpt2, toy_data):
+    method, updates = one_round(tiny_gpt2, toy_data, MethodSpec(name="pt", kind="pretrained"))
+    for c in (0, 1):
+        assert updates[c].upload == {} and updates[c].n_tokens == 0
+        assert method.upload_shapes(c) == {} and method.download_shapes(c) == {} and method.download(c) == {}
+        assert method.round_flops(c) == 0.0
+        windows = torch.as_tensor(evaluation_windows(toy_data[c].test, 32, 2), dtype=torch.long)
+        with torch.no_grad():
+            logits = tiny_gpt2.model(input_ids=windows[:, :-1]).logits.float()  # nothing attached
+        logp = F.log_softmax(logits, -1).gather(-1, windows[:, 1:, None]).squeeze(-1)
+        got = method.evaluate(c)
+        assert got.ppl == pytest.approx(math.exp(-float(logp.mean())), rel=1e-5)
+        assert got.acc == pytest.approx(float((logits.argmax(-1) == windows[:, 1:]).float().mean()))
+
+
+# --- joint-router MoE baselines --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, numel, experts", [
+    ("local_moe", 0, set()),
+    ("fedavg_moe", 2 * (ATTN + 2 * EXPERT), {0, 1}),
+    ("pfedmoe", 2 * (ATTN + EXPERT), {0}),
+])
+def test_joint_moe_shares_what_it_says(tiny_gpt2, toy_data, kind, numel, experts):
+    method, updates = one_round(tiny_gpt2, toy_data, MethodSpec(name=kind, kind=kind, tau=1))
+    for c in (0, 1):
+        upload = updates[c].upload
+        assert sum(t.numel() for t in upload.values()) == numel
+        assert not any(".router." in n for n in upload)
+        assert {int(n.split(".")[4]) for n in upload if ".experts." in n} == experts
+        assert method.fed.shapes[c].n_experts == 2
+
+
+def test_joint_moe_trains_routers_in_the_expert_step(tiny_gpt2, toy_data, monkeypatch):
+    phases = []
+    monkeypatch.setattr(local_update, "router_phase", lambda *a, **k: phases.append(1))
+    method = build_method(MethodSpec(name="p", kind="pfedmoe", tau=1), TRAINING, tiny_gpt2)
+    method.setup(clients_for(toy_data, [LOW_END, LOW_END]), seed=0)
+    fresh = tiny_gpt2.new_adapters(AdapterShape(2, 8, 8), torch_generator(0, 0))
+    method.local_update(0, method.download(0), LocalPlan(0, 2, seed=0))
+    state = method.fed.store.get_or_create(0)
+    assert state.router_opt is None and phases == []  # τ = 1, yet no router phase
+    stepped = {id(p) for g in state.expert_opt.param_groups for p in g["params"]}
+    routers = state.adapters.router_parameters()
+    assert routers and all(id(p) in stepped for p in routers)
+    for got, before in zip(routers, fresh.router_parameters()):
+        assert not torch.equal(got, before)  # the routers moved with the experts
+
+
+def test_joint_moe_flops_match_the_flop_counter():
+    model = adapted("tiny-gpt2")
+    model.model.set_attn_implementation("eager")
+    shape = AdapterShape(2, 8, 8)
+    adapters = model.new_adapters(shape, torch.Generator().manual_seed(0))
+    randomise_lora_b(adapters, seed=1)
+    counter = FlopCounterMode(display=False)
+    with model.using(adapters), counter:
+        loss = local_update.next_token_loss(model, random_ids(2, 33, seed=2)) + 0.01 * adapters.load_balancing_loss()
+        loss.backward()
+    dims = ModelDims.of(model)
+    predicted = step_flops(dims, shape, 2, 32) + 2 * 32 * dims.n_layers * 2 * dims.d_model * 2
+    assert predicted == pytest.approx(float(counter.get_total_flops()), rel=0.10)
+
+
+# --- CoMiGS-tr --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split", ["val", "train"])
+def test_router_split_picks_the_router_batches(tiny_gpt2, toy_data, monkeypatch, split):
+    seen = []
+    monkeypatch.setattr(local_update, "router_phase", lambda model, state, tokens, *a: seen.append(tokens))
+    method = build_method(MethodSpec(name="c", kind="comigs", tau=1, router_split=split), TRAINING, tiny_gpt2)
+    method.setup(clients_for(toy_data, [LOW_END, LOW_END]), seed=0)
+    method.local_update(1, method.download(1), LocalPlan(0, 2, seed=0))
+    assert len(seen) == TRAINING.local_steps
+    assert all(t is getattr(toy_data[1], split) for t in seen)
+
+
+# --- Centralized -----------------------------------------------------------------------------
+
+
+def test_centralized_trains_on_pooled_data_and_measures_the_one_model(tiny_gpt2, toy_data):
+    method, updates = one_round(tiny_gpt2, toy_data, MethodSpec(name="c", kind="centralized"))
+    pooled = np.concatenate([toy_data[0].train, toy_data[1].train])
+    for c in (0, 1):
+        assert np.array_equal(method.fed.clients[c].data.train, pooled)
+        assert method.fed.clients[c].data.test is toy_data[c].test
+    server = {n: (updates[0].upload[n] + updates[1].upload[n]) / 2 for n in updates[0].upload}
+    adapters = tiny_gpt2.new_adapters(AdapterShape(1, 8, 8), torch.Generator().manual_seed(5))
+    copy_into(adapters, server)
+    for c in (0, 1):
+        expected = evaluate_windows(tiny_gpt2, adapters, evaluation_windows(toy_data[c].test, 32, 2))
+        assert method.evaluate(c).ppl == pytest.approx(expected.ppl, rel=1e-5)

@@ -1,0 +1,114 @@
+"""Dry mode: the same costs as the real methods, from the card's config alone; no training."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from simfed.config import load_scenario
+from simfed.learn.adapters import AdaptedModel
+from simfed.learn.base_model import load_base_model
+from simfed.learn.flops import ModelDims
+from simfed.learn.methods.base import Budget, ClientInfo
+from simfed.learn.methods.registry import build_method
+from simfed.learn.model_card import load_card
+from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.run.dry import DryMethod, DryWorkload, model_dims
+from simfed.run.payload import shapes_bytes
+from simfed.run.progress import ProgressView
+from simfed.run.results import read_metrics
+from simfed.sim.accounting import Tally
+from simfed.sim.fleet import build_fleet
+from simfed.sim.spec import WorldSpec
+
+TRAINING = TrainingSpec(local_steps=3, batch_size=2, seq_len=32, payload_dtype="bfloat16")
+# budgets from weak phones to laptops: 1GXS expert counts and HetLoRA ranks both vary
+WORLD = WorldSpec.model_validate({"fleet": [
+    {"count": 4, "tier": tier, "link": "lte"} for tier in ("phone_low", "phone_mid", "phone_flagship", "laptop")
+]})
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    card = load_card("tiny-gpt2")
+    return card, AdaptedModel(load_base_model(card, "cpu"))
+
+
+def test_dims_from_the_config_equal_the_loaded_model(tiny):
+    card, model = tiny
+    assert model_dims(card) == ModelDims.of(model)
+
+
+@pytest.mark.parametrize("spec", [
+    MethodSpec(name="c", kind="comigs", variant="1gxs", rank=4, max_experts=4, tau=4, router_steps=2),
+    MethodSpec(name="h", kind="hetlora", rank=4, min_rank=2, max_rank=16),
+], ids=["comigs-1gxs", "hetlora"])
+def test_dry_costs_equal_the_real_method(tiny, spec):
+    card, model = tiny
+    fleet = build_fleet(WORLD, seed=0)
+    method = build_method(spec, TRAINING, model)
+    method.setup([ClientInfo(d.device_id, Budget(float(d.memory_bytes), d.flops_per_s), None) for d in fleet], 0)
+    dry = DryWorkload(DryMethod(spec, TRAINING, model_dims(card)), fleet, _Scenario(), 0, None, Tally())
+    shapes = {dry.method.shape(d) for d in fleet}
+    assert len(shapes) > 1  # the budgets really differ
+    for step in (0, 3, 6):  # the step counter decides when router phases come (tau = 4)
+        for d in range(len(fleet)):
+            if step:
+                dry.steps[d] = step
+                method.fed.store.get_or_create(d).global_step = step
+            cost = dry.cost(d, 0)
+            assert cost.download_bytes == shapes_bytes(method.download_shapes(d), "bfloat16")
+            assert cost.upload_bytes == shapes_bytes(method.upload_shapes(d), "bfloat16")
+            assert cost.flops == method.round_flops(d)
+
+
+class _Scenario:
+    training = TRAINING
+
+
+SCENARIO = """
+name: dry_test
+seeds: [0]
+model: tiny-gpt2
+data: {{users: [toy:a], cache_dir: {cache}}}
+training: {{dry: true, local_steps: 2, batch_size: 2, seq_len: 32, eval_every: 2}}
+methods:
+  - {{name: comigs, kind: comigs, variant: 1gxs}}
+  - {{name: hetlora, kind: hetlora}}
+world:
+  fleet:
+    - {{count: 300, tier: phone_mid, link: lte, availability: {{kind: markov, mean_on_s: 3600, mean_off_s: 3600}}}}
+    - {{count: 200, tier: laptop, link: wifi_home}}
+  dropout: {{hazard_per_hour: 1000.0}}
+  server: {{rounds: 5, target_per_round: 20, deadline_s: 120}}
+"""
+
+
+def test_a_dry_run_writes_events_and_summary_and_trains_nothing(tmp_path: Path, monkeypatch) -> None:
+    import simfed.run.runner as runner
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("dry mode must not load the model, build the federation or train")
+
+    for name in ("load_base_model", "build_federation", "build_method", "evaluate_pretrained"):
+        monkeypatch.setattr(runner, name, forbidden)
+    path = tmp_path / "dry.yaml"
+    path.write_text(SCENARIO.format(cache=tmp_path / "cache"))
+    scenario = load_scenario(path)
+    with ProgressView([m.name for m in scenario.methods], 5, enabled=False) as view:
+        run = Path(runner.run_scenario(scenario, path, tmp_path / "runs", scenario.seeds, view))
+    summary = json.loads((run / "summary.json").read_text())
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert (run / "trace.json").exists()
+    for method in ("comigs", "hetlora"):
+        entry = summary["methods"][method] if "methods" in summary else summary[method]
+        entry = entry.get("0", entry)
+        assert entry["rounds"] == 5 and entry["training_calls"] == 0 and entry["bytes_up"] > 0
+        mine = [e for e in events if e["method"] == method]
+        assert sum(e["kind"] == "compute_end" for e in mine) >= 20
+        assert sum(e["kind"] == "dropped" for e in mine) > 0
+    rows = read_metrics(run)
+    assert [r["round"] for r in rows if r["method"] == "comigs"] == [2, 4, 5]
+    assert all(math.isnan(float(r["ppl"])) for r in rows)
