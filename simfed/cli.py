@@ -1,4 +1,4 @@
-"""The `simfed` command: run | validate | report | devices | models | data.
+"""The `simfed` command: run | validate | report | compare | devices | models | data.
 
 Commands that only read configuration (validate, devices, models, data list) never import torch:
 the runner and the learning code are imported inside `run`. A user error (`SimfedError`)
@@ -42,13 +42,32 @@ def _terminate_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def _resume_target(args: argparse.Namespace) -> Path:
+    """`simfed run --resume RUN_DIR`: the run directory, checked; its resolved scenario is the scenario."""
+    if args.scenario or args.set or args.seed is not None or args.out:
+        raise SimfedError("simfed run --resume RUN_DIR takes no scenario, --set, --seed or --out: "
+                          "the run goes on with the scenario it was started with")
+    run_dir = Path(args.resume)
+    if not (run_dir / "scenario.resolved.yaml").is_file():
+        raise SimfedError(f"{run_dir}: not a run directory (no scenario.resolved.yaml)")
+    return run_dir
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from simfed.config import load_scenario
 
-    overrides = list(args.set)
-    if args.seed is not None:
-        overrides.append(f"seeds=[{args.seed}]")
-    scenario = load_scenario(args.scenario, overrides)
+    resume = _resume_target(args) if args.resume else None
+    if resume is not None:
+        scenario = load_scenario(resume / "scenario.resolved.yaml")
+        scenario_path = resume / "scenario.resolved.yaml"
+    elif not args.scenario:
+        raise SimfedError("simfed run: give a scenario file (or --resume RUN_DIR)")
+    else:
+        overrides = list(args.set)
+        if args.seed is not None:
+            overrides.append(f"seeds=[{args.seed}]")
+        scenario = load_scenario(args.scenario, overrides)
+        scenario_path = Path(args.scenario)
     out_root = Path(args.out) if args.out else Path(scenario.output.dir)
 
     from simfed.run.progress import ProgressView
@@ -59,7 +78,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _terminate_as_interrupt()
     with ProgressView(names, scenario.world.server.rounds, enabled=not args.quiet) as view:
         try:
-            result = run_scenario(scenario, Path(args.scenario), out_root, scenario.seeds, view)
+            resuming = {"resume": resume} if resume is not None else {}
+            result = run_scenario(scenario, scenario_path, out_root, scenario.seeds, view, **resuming)
         except KeyboardInterrupt as exc:
             run_dir = getattr(exc, "run_dir", None)
             print("interrupted" + (f"; results so far in {run_dir}" if run_dir else ""),
@@ -110,9 +130,101 @@ def cmd_report(args: argparse.Namespace) -> int:
     status = read_summary(run_dir).get("status", "unknown")
     view = ProgressView([], 0, enabled=False)
     view.print_comparison(summarize_metrics(run_dir))
-    for path in plot_run(run_dir):
+    markdown, csv_text = _run_report(run_dir, status)
+    print(markdown)
+    (run_dir / "report.md").write_text(markdown, encoding="utf-8")
+    (run_dir / "report.csv").write_text(csv_text, encoding="utf-8")
+    for path in [run_dir / "report.md", run_dir / "report.csv", *plot_run(run_dir)]:
         print(path)
     print(f"status: {status}")
+    return 0
+
+
+def _run_name(run_dir: Path) -> str:
+    """The scenario a run directory belongs to (summary.json, else the parent folder's name)."""
+    from simfed.run.results import read_summary
+
+    return str(read_summary(run_dir).get("scenario") or run_dir.resolve().parent.name)
+
+
+def _device_names(run_dir: Path) -> dict[str, str]:
+    """Device id → `id:user` from the run's resolved scenario (ids alone if it cannot be read)."""
+    try:
+        import yaml
+
+        from simfed.data.federated import _user_names
+        from simfed.data.spec import DataSpec
+
+        doc = yaml.safe_load((run_dir / "scenario.resolved.yaml").read_text(encoding="utf-8"))
+        spec = DataSpec.model_validate(doc["data"])
+        names = _user_names(spec)
+        n = sum(int(g["count"]) for g in doc["world"]["fleet"])
+        return {str(i): f"{i}:{names[i % len(names)]}" for i in range(n)}
+    except Exception:  # a report never fails for want of labels
+        return {}
+
+
+_TABLE_NOTE = ("Final test perplexity: at each seed's last evaluation, the mean over devices of each "
+               "device's perplexity; mean (sample std) over seeds; best of each column in bold.")
+
+
+def _run_report(run_dir: Path, status: str) -> tuple[str, str]:
+    """report.md and report.csv of one run: the method table, then the per-device table."""
+    from simfed.report.tables import build_table, device_table, seeds_note, to_csv, to_markdown
+    from simfed.run.results import read_metrics
+
+    rows = read_metrics(run_dir)
+    name = _run_name(run_dir)
+    table = build_table([(name, rows)])
+    devices = device_table(rows, _device_names(run_dir))
+    markdown = "\n".join([
+        f"# {name}: final test perplexity",
+        "",
+        f"Run `{run_dir}` (status: {status}; {seeds_note(table)}). "
+        f"Regenerate: `simfed report {run_dir}`.",
+        "",
+        to_markdown(table),
+        _TABLE_NOTE,
+        "",
+        "## Per device",
+        "",
+        to_markdown(devices),
+    ])
+    return markdown, to_csv(table)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from simfed.report.tables import build_table, seeds_note, to_csv, to_markdown
+    from simfed.run.results import read_metrics
+
+    runs = [Path(p) for p in args.run_dirs]
+    for run_dir in runs:
+        if not (run_dir / "metrics.csv").is_file():
+            raise SimfedError(f"{run_dir}: not a run directory (no metrics.csv)")
+    names = [_run_name(r) for r in runs]
+    # two runs of one scenario: tell them apart by their directory's name
+    labels = [n if names.count(n) == 1 else f"{n} ({r.name})" for n, r in zip(names, runs)]
+    table = build_table([(label, read_metrics(r)) for label, r in zip(labels, runs)])
+    command = "simfed compare " + " ".join(str(r) for r in runs)
+    markdown = "\n".join([
+        to_markdown(table),
+        _TABLE_NOTE,
+        f"Seeds: {seeds_note(table)}.",
+        "",
+        "Regenerate: `" + command + (f" --out {args.out}`" if args.out else "`"),
+        "",
+    ])
+    print(markdown)
+    if args.out:
+        stem = Path(args.out)
+        if stem.suffix in (".md", ".csv"):
+            stem = stem.with_suffix("")
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        md_path, csv_path = stem.with_name(stem.name + ".md"), stem.with_name(stem.name + ".csv")
+        md_path.write_text(markdown, encoding="utf-8")
+        csv_path.write_text(to_csv(table), encoding="utf-8")
+        print(md_path)
+        print(csv_path)
     return 0
 
 
@@ -242,8 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run a scenario: every method × seed; prints the run directory last")
-    p.add_argument("scenario", help="scenario YAML file")
+    p.add_argument("scenario", nargs="?", help="scenario YAML file")
     p.add_argument("--out", help="root of run directories (default: the scenario's output.dir)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a killed or interrupted run from its last completed round "
+                        "(in RUN_DIR, with the scenario it was started with)")
     _add_set(p)
     p.add_argument("--seed", type=int, help="run this seed only (replaces the scenario's seeds)")
     p.add_argument("--quiet", action="store_true",
@@ -258,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="comparison table and plots of a run directory")
     p.add_argument("run_dir", help="a directory written by `simfed run`")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="several runs in one table (rows = methods, columns = runs' scenarios)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by `simfed run`")
+    p.add_argument("--out", help="write the table to OUT.md and OUT.csv (a .md/.csv suffix is dropped)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("devices", help="the built-in device tiers and links, with their sources")
     p.set_defaults(func=cmd_devices)

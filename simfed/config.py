@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from simfed import __version__
 from simfed.data.spec import DataSpec
 from simfed.errors import FieldProblem, SimfedError
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import ASYNC_KINDS, MethodSpec, TrainingSpec
 from simfed.sim.spec import WorldSpec
 
 
@@ -391,13 +391,18 @@ class Scenario(_Strict):
 
     @field_validator("world")
     @classmethod
-    def _policy_the_learning_can_run(cls, world: WorldSpec) -> WorldSpec:
-        # The engine simulates FedBuff/FedAsync, but no method merges staleness-weighted deltas yet.
-        if world.server.policy != "sync":
+    def _policy_the_learning_can_run(cls, world: WorldSpec, info: ValidationInfo) -> WorldSpec:
+        # FedBuff/FedAsync need a method that merges staleness-weighted deltas (Method.aggregate_async);
+        # dry mode merges nothing, so there every method may run them
+        training, methods = info.data.get("training"), info.data.get("methods")
+        if world.server.policy == "sync" or methods is None or (training is not None and training.dry):
+            return world
+        unable = [f"{m.name} ({m.kind})" for m in methods if m.kind not in ASYNC_KINDS]
+        if unable:
             raise FieldProblem(
                 ("server", "policy"),
-                f"'{world.server.policy}' is simulated by the engine, but the methods cannot merge "
-                "staleness-weighted updates yet; use policy: sync")
+                f"'{world.server.policy}' needs methods that merge staleness-weighted updates "
+                f"({', '.join(ASYNC_KINDS)}); these cannot: {', '.join(unable)}")
         return world
 
     def where(self, *path: str | int) -> str:

@@ -25,6 +25,41 @@ def weighted_mean(states: list[State], weights: list[float] | None = None) -> St
     }
 
 
+def deltas(uploads: list[State], bases: list[State]) -> list[State]:
+    """Δ_i = upload_i − base_i per tensor of the upload (base_i: what device i downloaded), float64."""
+    return [{n: t.double() - base[n].double() for n, t in up.items()} for up, base in zip(uploads, bases)]
+
+
+def buffered_merge(
+    server: State, changes: list[State], weights: list[float] | list[dict[str, float]], server_lr: float = 1.0
+) -> State:
+    """FedBuff/FedAsync's server step: server + η_g · Σ_i w_i Δ_i / Σ_i w_i, per tensor.
+
+    `changes` are the buffered deltas Δ_i (upload − the payload device i downloaded, possibly
+    from an older model version), `weights` one per delta (staleness weights 1/√(1+s) times any
+    method weight), or one dict name → weight per delta where weights differ per tensor
+    (HetLoRA's per-module norms). Each tensor is summed over the deltas that carry it, its
+    weights normalised over those (a tensor nobody carries keeps its value).
+
+    Normalisation: by Σ w_i, not by the buffer size K as in FedBuff (Nguyen et al. 2022,
+    Algorithm 1: Σ_i w_i Δ_i / K). With η_g = 1 and fresh updates (s = 0, every base = the
+    server), this is exactly the synchronous weighted mean, so the policies differ only by
+    staleness; with K-normalisation stale updates would also shrink the step (η_g absorbs that).
+    Computed in float64, returned in the server's dtypes.
+    """
+    merged = dict(server)
+    for name, value in server.items():
+        carriers = [
+            (d[name], float(w[name] if isinstance(w, dict) else w)) for d, w in zip(changes, weights) if name in d
+        ]
+        total = sum(w for _, w in carriers)
+        if not carriers or total <= 0:
+            continue
+        step = sum((w / total) * d.double() for d, w in carriers)
+        merged[name] = (value.double() + server_lr * step).to(value.dtype)
+    return merged
+
+
 def lora_modules(state: State) -> list[str]:
     """The module prefixes that have a LoRA pair in `state`, in name order."""
     return sorted(n[: -len(".lora_A")] for n in state if n.endswith(".lora_A"))
@@ -80,6 +115,29 @@ def hetlora_aggregate(
         merged[f"{module}.lora_A"] = sum(w * a.double() for w, (a, _) in zip(w_a, padded)).float()
         merged[f"{module}.lora_B"] = sum(w * b.double() for w, (_, b) in zip(w_b, padded)).float()
     return merged
+
+
+def hetlora_buffered_merge(
+    server: State, uploads: list[State], bases: list[State], staleness: list[float], max_rank: int,
+    weighting: Literal["product", "per_matrix"] = "product", server_lr: float = 1.0,
+) -> State:
+    """HetLoRA under FedBuff/FedAsync: each device's delta at its own rank, zero-padded to `max_rank`,
+    merged by `buffered_merge` with weight (HetLoRA norm weight of its upload) × (staleness weight).
+
+    The norm weights are those of the synchronous merge (`hetlora_weights` on the uploads, per
+    module: ‖B_i A_i‖_F, or per matrix), i.e. the importance of the device's model, not of its
+    change; a slice above a device's rank gets a zero delta from it (and still counts its weight).
+    """
+    changes: list[State] = [{} for _ in uploads]
+    weights: list[dict[str, float]] = [{} for _ in uploads]
+    raw = deltas(uploads, bases)
+    for module in lora_modules(uploads[0]):
+        w_a, w_b = hetlora_weights(uploads, module, weighting)
+        for i, d in enumerate(raw):
+            a, b = f"{module}.lora_A", f"{module}.lora_B"
+            changes[i][a], changes[i][b] = zero_pad_rank(d[a], d[b], max_rank)
+            weights[i][a], weights[i][b] = w_a[i] * staleness[i], w_b[i] * staleness[i]
+    return buffered_merge(server, changes, weights, server_lr)
 
 
 def tail_start(rank: int, gamma: float) -> int:

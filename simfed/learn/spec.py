@@ -41,6 +41,12 @@ class MethodSpec(_Strict):
     # PCL: collaborate at the start of 0-based round r when r >= pcl_start and (r - pcl_start) % pcl_every == 0
     pcl_start: int = Field(4, ge=1)
     pcl_every: PositiveInt = 2
+    # server.policy fedbuff/fedasync: server ← server + server_lr · Σ w_i Δ_i / Σ w_i (simfed/learn/aggregate.py)
+    server_lr: float = Field(1.0, gt=0)
+
+
+# kinds whose Method implements aggregate_async (FedBuff/FedAsync); the others run only server.policy: sync
+ASYNC_KINDS = ("comigs", "fedavg", "hetlora")
 
 
 class TrainingSpec(_Strict):
@@ -56,4 +62,5 @@ class TrainingSpec(_Strict):
     payload_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dtype tensors travel in
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default
+    save_routing: bool = False  # at each evaluation, append per-layer routing weights on the test windows to RUN_DIR/routing.jsonl (simfed/learn/routing.py)
     dry: bool = False  # systems only: costs from the model card's shapes, no training or evaluation (simfed/run/dry.py)

@@ -100,3 +100,44 @@ class ClientStore:
             return
         save_client_state(self._memory.pop(client), self._path(client))
         self._on_disk.add(client)
+
+    def snapshot(self) -> dict[int, ClientState | Path]:
+        """Every client's state: in memory, or the path of its spilled file (for a checkpoint)."""
+        out: dict[int, ClientState | Path] = {c: self._path(c) for c in sorted(self._on_disk - set(self._memory))}
+        out.update(self._memory)
+        return out
+
+    def restore(self, files: dict[int, Path]) -> None:
+        """Replace the store's contents by the client states saved in `files` (a checkpoint's)."""
+        import shutil
+
+        self._memory.clear()
+        self._on_disk.clear()
+        for client, path in files.items():
+            if self._spill_dir is not None:
+                self._path(client).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, self._path(client))
+                self._on_disk.add(client)
+            else:
+                self._memory[client] = load_client_state(self._make(client), path)
+
+
+# ---------------------------------------------------------------- checkpoints (simfed run --resume)
+
+def pack_states(prefix: str, states: dict, tensors: dict, meta: dict) -> None:
+    """Put `{key: {name: tensor}}` into a flat `tensors` dict (`prefix.<i>.<name>`) and the keys and
+    the names, in their order, into `meta[prefix]`; `unpack_states` inverts it exactly."""
+    entries = []
+    for i, (key, state) in enumerate(states.items()):
+        entries.append([key, list(state)])
+        for name, value in state.items():
+            tensors[f"{prefix}.{i}.{name}"] = value.detach().clone().contiguous()
+    meta[prefix] = entries
+
+
+def unpack_states(prefix: str, tensors: dict, meta: dict) -> dict:
+    out = {}
+    for i, (key, names) in enumerate(meta.get(prefix, [])):
+        out[key] = {name: tensors[f"{prefix}.{i}.{name}"] for name in names}
+    return out
+

@@ -28,6 +28,8 @@ SUMMARY_KEYS = ("final_mean_ppl", "final_mean_acc", "sim_time_s", "bytes_up", "b
                 "energy_j", "rounds", "updates_aggregated", "dropouts", "stragglers",
                 "wasted_compute_s", "wasted_bytes")
 STATUSES = ("running", "complete", "interrupted", "failed")
+# other files some runs append to as they go (training.save_routing): cut back too on resume
+APPEND_FILES = ("routing.jsonl",)
 
 
 def _number(value: Any) -> Any:
@@ -86,6 +88,44 @@ class RunDirectory:
             raise RuntimeError(f"cannot make a fresh run directory under {parent}")
         (path / "scenario.resolved.yaml").write_text(resolved_yaml, encoding="utf-8")
         run = cls(path, scenario_name, seeds)
+        run.write_summary()
+        return run
+
+    # ------------------------------------------------------------ resuming (simfed/run/checkpoint.py)
+
+    def export_state(self) -> dict[str, Any]:
+        """What a resumed run needs of this object, JSON-able: the finished methods' entries, the
+        last mean rows, and the byte sizes of metrics.csv and events.jsonl now (both flushed)."""
+        self._metrics_file.flush()
+        self._events.flush()
+        return {
+            "scenario": self.scenario_name, "started_at": self.started_at,
+            "results": [[m, seed, entry] for m, seeds in self._results.items() for seed, entry in seeds.items()],
+            "last_mean": [[m, seed, row] for (m, seed), row in self._last_mean.items()],
+            "metrics_bytes": os.fstat(self._metrics_file.fileno()).st_size,
+            "events_bytes": os.fstat(self._events.fileno()).st_size,
+            "append_bytes": {name: (self.path / name).stat().st_size if (self.path / name).exists() else 0
+                             for name in APPEND_FILES},
+        }
+
+    @classmethod
+    def reopen(cls, path: str | Path, seeds: Sequence[int], state: Mapping[str, Any]) -> "RunDirectory":
+        """Reopen a run directory where `export_state()` left it: metrics.csv and events.jsonl are
+        cut back to their sizes then (rows written after it are written again by the resumed run)."""
+        path = Path(path)
+        for name, key in (("metrics.csv", "metrics_bytes"), ("events.jsonl", "events_bytes")):
+            with open(path / name, "r+b") as f:
+                f.truncate(int(state[key]))
+        for name, size in state.get("append_bytes", {}).items():
+            if (path / name).exists():
+                with open(path / name, "r+b") as f:
+                    f.truncate(int(size))
+        run = cls(path, state["scenario"], seeds)
+        run.started_at = state["started_at"]
+        for method, seed, entry in state["results"]:
+            run._results.setdefault(method, {})[int(seed)] = entry
+        for method, seed, row in state["last_mean"]:
+            run._last_mean[(method, int(seed))] = row
         run.write_summary()
         return run
 

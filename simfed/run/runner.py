@@ -27,8 +27,9 @@ from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
 from simfed.run.dry import run_dry
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
+from simfed.run.checkpoint import Checkpoints, ResumeError
 from simfed.run.results import RunDirectory
-from simfed.run.trace import TraceWriter
+from simfed.run.trace import TraceWriter, read_events
 from simfed.sim.accounting import Tally
 from simfed.sim.engine import Engine
 from simfed.sim.events import SimEvent
@@ -65,27 +66,44 @@ class MethodWorkload:
     view: Any
     pending: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     updates: dict[int, tuple[int, Update]] = field(default_factory=dict)  # device → (round, update)
+    bases: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # async: device → payload it trained from
     training_calls: int = 0  # real local updates run (a device that drops before compute end runs none)
     n_clients: int = 0
+    checkpoint: Any = None  # a MethodCheckpoint: costs logged, state saved at every round end (resume)
+    replay: Any = None  # a Replay while the engine re-runs the rounds before a checkpoint: no real work
+    trained: set[int] = field(default_factory=set)  # devices that trained since the last checkpoint
 
     @property
     def dtype(self) -> str:
         return self.scenario.training.payload_dtype
 
     def cost(self, device: int, round_index: int) -> RoundCost:
-        return RoundCost(
+        if self.replay is not None:
+            return self.replay.cost(device, round_index)
+        cost = RoundCost(
             download_bytes=shapes_bytes(self.method.download_shapes(device), self.dtype),
             upload_bytes=shapes_bytes(self.method.upload_shapes(device), self.dtype),
             flops=self.method.round_flops(device),
         )
+        if self.checkpoint is not None:
+            self.checkpoint.log_cost(device, round_index, cost)
+        return cost
 
     def on_download(self, device: int, round_index: int) -> None:
+        if self.replay is not None:
+            return
         self.pending[device] = travel(self.method.download(device), self.dtype)
 
     def on_compute_done(self, device: int, round_index: int) -> None:
+        if self.replay is not None:
+            return
+        self.trained.add(device)
         expected = shapes_bytes(self.method.upload_shapes(device), self.dtype)
         plan = LocalPlan(round_index, self.scenario.world.server.rounds, self.seed)
-        update = self.method.local_update(device, self.pending.pop(device), plan)
+        received = self.pending.pop(device)
+        if self.scenario.world.server.policy != "sync":  # the async merge needs the delta's base
+            self.bases[device] = {k: v.clone() for k, v in received.items()}
+        update = self.method.local_update(device, received, plan)
         self.training_calls += 1
         sent = payload_bytes(update.upload, self.dtype)
         if sent != expected:  # the engine already charged `expected` bytes: they must agree
@@ -93,18 +111,36 @@ class MethodWorkload:
         upload = travel(update.upload, self.dtype)
         self.updates[device] = (round_index, Update(device, upload, update.n_tokens, update.train_loss, update.extra))
 
-    def on_aggregate(self, round_index: int, devices: list[int]) -> None:
+    def on_aggregate(self, round_index: int, devices: list[int], weights: list[float] | None = None) -> None:
+        if self.replay is not None:
+            return
+        if weights is not None:  # FedBuff/FedAsync: buffered deltas, each from the payload its device downloaded
+            accepted = [self.updates.pop(d)[1] for d in devices]
+            self.method.aggregate_async(accepted, [self.bases.pop(d) for d in devices], list(weights), round_index)
+            return  # updates still in flight stay stored until merged, or dropped/stale (on_event)
         accepted = [self.updates.pop(d)[1] for d in devices]
         # updates of this round that did not make it (stragglers) are never merged later
         for d in [d for d, (r, _) in self.updates.items() if r <= round_index]:
             del self.updates[d]
         self.method.aggregate(accepted, round_index)
 
+    def on_event(self, event: SimEvent) -> None:
+        """An observer: an update whose device dropped (mid-upload) or that came too stale is never merged."""
+        if self.replay is None and event.kind in ("dropped", "stale") and event.device is not None:
+            self.updates.pop(event.device, None)
+            self.bases.pop(event.device, None)
+
     def on_round_end(self, round_index: int, sim_time_s: float) -> None:
+        if self.replay is not None:  # resuming: the rounds up to the checkpoint were done and written
+            if round_index == self.replay.round:
+                self.replay.finish(self)  # the in-flight state as checkpointed; real work from here
+            return
         rounds = self.scenario.world.server.rounds
         done = round_index + 1
         if done % self.scenario.training.eval_every == 0 or done == rounds:
             self.log(done, sim_time_s, evaluate_all(self.method, self.n_clients))
+        if self.checkpoint is not None:
+            self.checkpoint.save(round_index, self.method, self)
 
     def log(self, round_done: int, sim_time_s: float, evaluation: Evaluation) -> None:
         t = self.tally
@@ -113,6 +149,9 @@ class MethodWorkload:
             per_device=evaluation.per_device,
         )
         self.view.on_metrics(self.method.name, round_done, row["ppl"], row["acc"])
+        if self.scenario.training.save_routing:  # opt-in analysis: per-layer routing weights
+            from simfed.learn.routing import ROUTING_FILE, record_routing
+            record_routing(self.run.path / ROUTING_FILE, self.method, self.seed, round_done, self.n_clients)
 
 
 def evaluate_all(method: Method, n_clients: int) -> Evaluation:
@@ -140,47 +179,86 @@ def clients_of(fleet: list[DeviceProfile], users: list[UserData]) -> list[Client
     return [ClientInfo(d.device_id, Budget(float(d.memory_bytes), d.flops_per_s), users[d.device_id]) for d in fleet]
 
 
-def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None, seeds: list[int], view: Any) -> Path:
-    """Run every method of `scenario` for every seed; returns the run directory."""
+def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None, seeds: list[int], view: Any,
+                 resume: Path | None = None) -> Path:
+    """Run every method of `scenario` for every seed; returns the run directory.
+
+    With `resume` (a run directory of this scenario, see simfed/run/checkpoint.py), go on from its
+    last checkpoint: finished method/seed pairs are skipped, the interrupted one continues from its
+    last completed round, the rest run as usual."""
     training = scenario.training
     out_root = Path(out_root or scenario.output.dir)
     if training.dry:  # systems only: no weights, no data, no training (simfed/run/dry.py)
+        if resume is not None:
+            raise ResumeError("dry runs are not checkpointed (they take seconds): run the scenario again")
         return run_dry(scenario, out_root, seeds, view)
     if training.threads:
         torch.set_num_threads(training.threads)
     base = load_base_model(load_card(scenario.model), pick_device(training.device))
     model = AdaptedModel(base)
-    with (
-        RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds) as run,
-        TraceWriter(run.path / "trace.json") as trace,
-    ):
+    if resume is None:
+        run = RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds)
+        checkpoints = Checkpoints.start(run)
+    else:
+        checkpoints = Checkpoints.reopen(resume, seeds)
+        run = checkpoints.run
+    with run, TraceWriter(run.path / "trace.json") as trace:
+        if resume is not None:  # the timeline so far, redrawn from the events kept
+            trace.add_events(read_events(run.path))
         for seed in seeds:
+            todo = [(i, spec) for i, spec in enumerate(scenario.methods) if not checkpoints.done(i, seed)]
+            if not todo:
+                continue
             fleet = build_fleet(scenario.world, seed)
             users = build_federation(scenario.data, base.tokenizer, len(fleet), seed)
             clients = clients_of(fleet, users)
-            pretrained = evaluate_pretrained(model, users, training.seq_len, training.eval_windows)
-            for spec in scenario.methods:
+            pretrained = None
+            for index, spec in todo:
                 method = build_method(spec, training, model)
                 method.setup(clients, seed)
-                run_method(scenario, method, seed, fleet, pretrained, run, view, [trace.observer(spec.name, seed)])
+                saved = checkpoints.method(index, spec.name, seed)
+                if saved.round is None:
+                    checkpoints.restore_rng_once()  # a resumed run's first fresh method: RNG as checkpointed
+                    if pretrained is None:
+                        pretrained = evaluate_pretrained(model, users, training.seq_len, training.eval_windows)
+                try:
+                    run_method(scenario, method, seed, fleet, pretrained, run, view, [trace.observer(spec.name, seed)],
+                               checkpoint=saved)
+                finally:
+                    saved.close()
+                checkpoints.finished(index, seed)
         return run.path
 
 
 def run_method(
     scenario: Scenario, method: Method, seed: int, fleet: list[DeviceProfile],
-    pretrained: Evaluation, run: RunDirectory, view: Any, observers: list[Callable[[SimEvent], None]] = (),
+    pretrained: Evaluation | None, run: RunDirectory, view: Any, observers: list[Callable[[SimEvent], None]] = (),
+    checkpoint: Any = None,
 ) -> MethodWorkload:
+    """Run one method for one seed. With a `checkpoint` (simfed/run/checkpoint.py) the costs are
+    logged and the state saved at every round end; if it holds a saved round, the run resumes
+    there: the engine replays the rounds before it without real work or output (`Replay`)."""
     view.on_method_start(method.name, seed)
     tally = Tally()
-    workload = MethodWorkload(method, scenario, seed, run, tally, view, n_clients=len(fleet))
+    workload = MethodWorkload(method, scenario, seed, run, tally, view, n_clients=len(fleet), checkpoint=checkpoint)
+    if checkpoint is not None and checkpoint.round is not None:
+        workload.replay = checkpoint.load(method)
+
+    def live(observe: Callable[[SimEvent], None]) -> Callable[[SimEvent], None]:
+        """`observe`, silent while replaying (those events are already in events.jsonl and trace)."""
+        return lambda event: None if workload.replay is not None else observe(event)
 
     def record(event: SimEvent) -> None:
         data = event.to_dict()
         run.log_event(method.name, seed, data)
         view.on_event(method.name, data)
 
-    workload.log(0, 0.0, pretrained)
-    Engine(scenario.world, fleet, workload, seed, observers=[tally, record, *observers]).run()
+    if workload.replay is None:
+        workload.log(0, 0.0, pretrained)
+    observers = [live(observe) for observe in (record, workload.on_event, *observers)]
+    Engine(scenario.world, fleet, workload, seed, observers=[tally, *observers]).run()
+    if workload.replay is not None:  # the engine ended before the checkpointed round did
+        raise ResumeError(f"resume: {method.name} seed {seed}: the replay never reached round {workload.replay.round}")
     stats = tally.as_summary()
     stats["training_calls"] = workload.training_calls
     run.finish_method(method.name, seed, stats, measured_model=method.measured_model)

@@ -40,9 +40,15 @@ class TraceWriter:
         self._empty = True
         self._pending: list[dict[str, Any]] = []
         self._pids: dict[tuple[str, int], int] = {}
+        self._observers: dict[tuple[str, int], Callable[[Any], None]] = {}
 
     def observer(self, method: str, seed: int) -> Callable[[Any], None]:
-        pid = self._pids.setdefault((method, seed), len(self._pids) + 1)
+        """The observer of one method/seed (the same one on every call: a resumed run first feeds
+        it the events already in events.jsonl, see `add_events`, then the engine's)."""
+        key = (method, seed)
+        if key in self._observers:
+            return self._observers[key]
+        pid = self._pids.setdefault(key, len(self._pids) + 1)
         track = _Tracks(pid, f"{method} seed {seed}", self._pending)
 
         def observe(event: Any) -> None:
@@ -51,7 +57,13 @@ class TraceWriter:
             if data["kind"] == "round_end":
                 self.flush()
 
+        self._observers[key] = observe
         return observe
+
+    def add_events(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Feed events.jsonl's events (dicts tagged with method and seed) to their observers."""
+        for e in events:
+            self.observer(e["method"], e["seed"])(e)
 
     def flush(self) -> None:
         if not self._pending or self._file.closed:

@@ -101,3 +101,36 @@ def test_resolved_yaml_round_trips(tmp_path):
     path.write_text(text)
     assert load_scenario(path).model_dump() == s.model_dump()
     assert isinstance(s, Scenario)
+
+
+def test_async_policies_load_for_methods_that_merge_staleness_weighted_updates():
+    for policy in ("fedbuff", "fedasync"):
+        extra = ["world.server.buffer_size=3"] if policy == "fedbuff" else []
+        s = load_scenario(MINIMAL, [f"world.server.policy={policy}", "world.server.concurrency=3", *extra])
+        assert s.world.server.policy == policy and [m.kind for m in s.methods] == ["comigs", "hetlora"]
+    s = load_scenario(MINIMAL, ["world.server.policy=fedbuff", "world.server.buffer_size=2", "methods.1.kind=fedavg"])
+    assert s.world.server.buffer == 2
+
+
+def test_async_policy_rejects_methods_that_cannot_and_names_them():
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(MINIMAL, ["world.server.policy=fedbuff", "world.server.buffer_size=2",
+                                "methods.1.kind=flexlora"])
+    assert info.value.problems == [
+        "--set world.server.policy=fedbuff: 'fedbuff' needs methods that merge "
+        "staleness-weighted updates (comigs, fedavg, hetlora); these cannot: hetlora (flexlora)"]
+    # dry mode merges nothing: any method runs any policy there
+    s = load_scenario(MINIMAL, ["world.server.policy=fedasync", "methods.1.kind=flexlora", "training.dry=true"])
+    assert s.methods[1].kind == "flexlora"
+    assert s.world.server.policy == "fedasync"
+
+
+def test_the_systems_scenarios_load():
+    root = HERE.parents[1] / "scenarios"
+    sync = load_scenario(root / "sync_vs_fedbuff.yaml")
+    fedbuff = load_scenario(root / "sync_vs_fedbuff.yaml", ["world.server.policy=fedbuff"])
+    assert (sync.world.server.policy, fedbuff.world.server.policy) == ("sync", "fedbuff")
+    assert sync.methods == fedbuff.methods and sync.world.fleet == fedbuff.world.fleet
+    day = load_scenario(root / "phones_diurnal_day.yaml")
+    assert day.training.dry and day.world.n_devices == 400 and day.world.server.max_sim_time_s == 86400
+    assert all(g.availability.kind == "diurnal" for g in day.world.fleet)

@@ -47,3 +47,15 @@ def test_parquet(tmp_path, cache):
 def test_missing_path_is_a_data_error(tmp_path, cache):
     with pytest.raises(DataError, match="no such file or folder"):
         source_documents(str(tmp_path / "nope.txt"))
+
+
+def test_filter_on_a_field_inside_a_struct_column(tmp_path, cache):
+    """SlimPajama keeps its category in `meta`: `?meta.redpajama_set_name=RedPajamaGithub`."""
+    path = tmp_path / "slim.jsonl"
+    sets = ["RedPajamaGithub", "RedPajamaArXiv", "RedPajamaBook"]
+    rows = [{"text": f"doc {i}", "meta": {"redpajama_set_name": sets[i % 3]}} for i in range(9)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert source_documents(f"{path}?meta.redpajama_set_name=RedPajamaArXiv") == ["doc 1", "doc 4", "doc 7"]
+    assert source_documents(f"{path}?meta.missing=x") == []
+    with pytest.raises(DataError, match="cannot filter on 'nometa.x'"):
+        source_documents(f"{path}?nometa.x=1")

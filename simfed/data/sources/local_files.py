@@ -77,8 +77,27 @@ def _text_field(ds, ref: SourceRef) -> str:
                     f"columns: {', '.join(ds.column_names)}")
 
 
+def _nested_filter(ds, ref: SourceRef, column: str, value: str):
+    """`meta.redpajama_set_name=RedPajamaGithub`: equality on a field inside a struct column
+    (SlimPajama keeps its category in `meta`)."""
+    head, *path = column.split(".")
+
+    def keep(col):
+        out = []
+        for v in col:
+            for key in path:
+                v = v.get(key) if isinstance(v, dict) else None
+            out.append(v is not None and str(v) == value)
+        return out
+
+    return ds.filter(keep, batched=True, input_columns=[head])
+
+
 def _apply_filters(ds, ref: SourceRef):
     for column, value in ref.filters:
+        if column not in ds.column_names and column.split(".")[0] in ds.column_names and "." in column:
+            ds = _nested_filter(ds, ref, column, value)
+            continue
         if column not in ds.column_names:
             raise DataError(f"source '{ref.name}': cannot filter on '{column}'; columns: {', '.join(ds.column_names)}")
         feature = ds.features[column]

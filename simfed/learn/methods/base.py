@@ -81,6 +81,15 @@ class Method(ABC):
     def aggregate(self, updates: list[Update], round_index: int) -> None:
         """The server's merge of the updates it accepted this round."""
 
+    def aggregate_async(
+        self, updates: list[Update], bases: list[dict[str, torch.Tensor]], weights: list[float], round_index: int
+    ) -> None:
+        """FedBuff/FedAsync's merge of buffered updates trained from possibly older model versions:
+        `bases[i]` is the payload update i's device downloaded (its upload minus that is its delta),
+        `weights[i]` its staleness weight 1/√(1+s); `round_index` is the model version merged.
+        Only the kinds in `simfed.learn.spec.ASYNC_KINDS` implement it."""
+        raise NotImplementedError(f"{self.name}: this method cannot merge asynchronous (staleness-weighted) updates")
+
     @abstractmethod
     def evaluate(self, client: int, split: Split = "test") -> EvalResult:
         """Perplexity and next-token accuracy of `client`'s current local model on a split."""
@@ -100,6 +109,23 @@ class Method(ABC):
     def describe_client(self, client: int) -> str:
         """A short human label of the client's structure, e.g. '1G+3S r8' or 'rank 16'."""
         return ""
+
+    # --- checkpoints (`simfed run --resume`) ---------------------------------------------------
+    def state_dict(self) -> dict:
+        """What of the method changes as the run goes, at a round's end: {"tensors": {name: tensor},
+        "clients": {client: ClientState or the path of its file}, "meta": JSON-able}. `setup` and
+        then `load_state_dict` give a method that goes on exactly like the checkpointed one.
+        The default covers a method whose only changing state is `self.fed` (AdapterFederation);
+        a method with more (ranks, relayed models, flags) extends both. Client states may only
+        change in `local_update` (the checkpoint rewrites those of the devices that trained)."""
+        fed = getattr(self, "fed", None)
+        return fed.state_dict() if fed is not None else {"tensors": {}, "clients": {}, "meta": {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`'s value (its "clients" as {client: path of the saved state})."""
+        fed = getattr(self, "fed", None)
+        if fed is not None:
+            fed.load_state_dict(state)
 
     measured_model: str = (
         "each device's local model after its last local update, before aggregation "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.aggregate import buffered_merge, deltas
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import AdapterFederation
@@ -29,6 +30,15 @@ class FedAvg(Method):
     def aggregate(self, updates: list[Update], round_index: int) -> None:
         if updates:
             self.fed.mean_into_server(updates, self.fed.client_weights(updates, self.spec.aggregation_weights))
+
+    def aggregate_async(self, updates: list[Update], bases: list[dict[str, torch.Tensor]], weights: list[float],
+                        round_index: int) -> None:
+        """The shared tensors move by the buffered deltas, weighted by aggregation_weights × staleness."""
+        if updates:
+            own = self.fed.client_weights(updates, self.spec.aggregation_weights)
+            changes = deltas([u.upload for u in updates], bases)
+            self.fed.server = buffered_merge(self.fed.server, changes, [a * s for a, s in zip(own, weights)],
+                                             self.spec.server_lr)
 
     def evaluate(self, client: int, split: Split = "test") -> EvalResult:
         return self.fed.evaluate(client, split)

@@ -19,7 +19,7 @@ from simfed.learn.evaluate import evaluate_windows, evaluation_windows
 from simfed.learn.flops import ModelDims, round_flops, router_phases_in_round
 from simfed.learn.local_update import ClientState, Recipe, batch_rng, new_client_state, train_locally
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Split, Update
-from simfed.learn.store import ClientStore
+from simfed.learn.store import ClientStore, pack_states, unpack_states
 
 
 def torch_generator(seed: int, *keys: int) -> torch.Generator:
@@ -147,6 +147,17 @@ class AdapterFederation:
 
     def evaluate(self, client: int, split: Split) -> EvalResult:
         return evaluate_windows(self.model, self.local_adapters(client), self.windows(client, split), self.eval_batch)
+
+    def state_dict(self) -> dict:
+        """The server's shared tensors and every client's state (see `Method.state_dict`)."""
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict = {}
+        pack_states("server", {0: self.server}, tensors, meta)
+        return {"tensors": tensors, "clients": self.store.snapshot(), "meta": meta}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.server = unpack_states("server", state["tensors"], state["meta"])[0]
+        self.store.restore(state["clients"])
 
     def round_flops(self, client: int) -> float:
         shape = self.shapes[client]

@@ -102,3 +102,12 @@ class FFALoRA(Method):
 
     def describe_client(self, client: int) -> str:
         return f"LoRA r{self.spec.rank}, A frozen"
+
+    def state_dict(self) -> dict:
+        state = self.fed.state_dict()
+        state["meta"]["has_a"] = sorted(self.has_a)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fed.load_state_dict(state)
+        self.has_a = set(state["meta"]["has_a"])

@@ -84,3 +84,12 @@ class FlexLoRA(Method):
 
     def describe_client(self, client: int) -> str:
         return f"rank {self.ranks[client]}"
+
+    def state_dict(self) -> dict:
+        state = self.fed.state_dict()
+        state["meta"]["merged"] = self.merged
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fed.load_state_dict(state)
+        self.merged = bool(state["meta"]["merged"])

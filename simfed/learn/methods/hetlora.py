@@ -15,13 +15,16 @@ from __future__ import annotations
 import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape, DeviceAdapters
-from simfed.learn.aggregate import hetlora_aggregate, lora_modules, tail_norm, tail_start, truncate_rank, zero_pad_rank
+from simfed.learn.aggregate import (
+    hetlora_aggregate, hetlora_buffered_merge, lora_modules, tail_norm, tail_start, truncate_rank, zero_pad_rank,
+)
 from simfed.learn.budget import rank_for_budget
 from simfed.learn.lora import StackedLoRA
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import AdapterFederation
 from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.store import pack_states, unpack_states
 
 State = dict[str, torch.Tensor]
 
@@ -117,6 +120,20 @@ class HetLoRA(Method):
         reporting = {u.client: u.upload for u in updates if u.client in received}
         self.ranks = prune_decisions(reporting, received, self.ranks, self.spec.prune_gamma, round_index)
 
+    def aggregate_async(self, updates: list[Update], bases: list[State], weights: list[float],
+                        round_index: int) -> None:
+        """FedBuff/FedAsync: deltas at each device's rank, zero-padded to r_max, weighted by the
+        synchronous norm weights × the staleness weights (`hetlora_buffered_merge`); self-pruning
+        as in `aggregate`, against the payload each device received."""
+        if not updates:
+            return
+        uploads = [u.upload for u in updates]
+        self.fed.server = hetlora_buffered_merge(self.fed.server, uploads, bases, weights, self.max_rank,
+                                                 self.spec.norm_weighting, self.spec.server_lr)
+        received = {u.client: self._received.pop(u.client) for u in updates if u.client in self._received}
+        reporting = {u.client: u.upload for u in updates if u.client in received}
+        self.ranks = prune_decisions(reporting, received, self.ranks, self.spec.prune_gamma, round_index)
+
     def evaluate(self, client: int, split: Split = "test") -> EvalResult:
         return self.fed.evaluate(client, split)
 
@@ -131,3 +148,14 @@ class HetLoRA(Method):
 
     def describe_client(self, client: int) -> str:
         return f"rank {self.ranks[client]}"
+
+    def state_dict(self) -> dict:
+        state = self.fed.state_dict()
+        state["meta"]["ranks"] = sorted(self.ranks.items())
+        pack_states("received", self._received, state["tensors"], state["meta"])
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fed.load_state_dict(state)
+        self.ranks = {int(c): int(r) for c, r in state["meta"]["ranks"]}
+        self._received = unpack_states("received", state["tensors"], state["meta"])

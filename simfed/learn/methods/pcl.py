@@ -27,6 +27,7 @@ from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method,
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import AdapterFederation, torch_generator
 from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.store import pack_states, unpack_states
 
 State = dict[str, torch.Tensor]
 PEERS = "peers."
@@ -132,3 +133,16 @@ class PCL(Method):
 
     def describe_client(self, client: int) -> str:
         return f"LoRA r{self.spec.rank}, PCL"
+
+    def state_dict(self) -> dict:
+        state = self.fed.state_dict()
+        state["meta"]["round"] = self.round
+        state["meta"]["mixing"] = [[c, list(m)] for c, m in self.mixing.items()]
+        pack_states("relay", self.relay, state["tensors"], state["meta"])
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fed.load_state_dict(state)
+        self.round = int(state["meta"]["round"])
+        self.mixing = {int(c): tuple(m) for c, m in state["meta"]["mixing"]}
+        self.relay = unpack_states("relay", state["tensors"], state["meta"])
