@@ -1,4 +1,4 @@
-"""The `simfed` command: run | validate | report | compare | devices | models | data.
+"""The `simfed` command: run | validate | report | compare | devices | calibrate | models | data.
 
 Commands that only read configuration (validate, devices, models, data list) never import torch:
 the runner and the learning code are imported inside `run`. A user error (`SimfedError`)
@@ -338,6 +338,31 @@ def cmd_data_list(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- calibrate
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Time real local steps here, fit this host's effective FLOP/s, write it as a user tier;
+    with --check KIND[:RANK] ..., predict those methods' step times from it and measure them."""
+    from simfed.run import calibrate as cal  # torch comes in here
+
+    model = cal.load_adapted(args.model, args.device, args.threads)
+    common = dict(steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, seq_len=args.seq_len,
+                  threads=args.threads)
+    checks = [(kind, int(rank) if rank else None) for kind, _, rank in (c.partition(":") for c in args.check)]
+    m, *others = cal.measure_many(model, args.model, [(args.method, args.rank), *checks], **common)
+    print(f"{args.model} {m.kind} rank {m.rank}, batch {m.batch_size} x {m.seq_len} on {m.device} "
+          f"({m.threads} threads): {m.flops / 1e9:.3f} GFLOP/step, median {m.median_s * 1e3:.1f} ms "
+          f"over {len(m.times_s)} steps -> {m.flops_per_s / 1e9:.2f} GFLOP/s effective")
+    out = Path(args.out) if args.out else cal.DEFAULT_TIERS_FILE
+    path = cal.write_tier(out, args.tier, cal.tier_row(m))
+    print(f"tier {args.tier!r} written to {path} (use it with SIMFED_PROFILES={path})")
+    for other in others:  # timed interleaved with the calibration's own steps
+        predicted, measured, error = cal.check_prediction(m, other)
+        print(f"  {other.kind} rank {other.rank}: predicted {predicted * 1e3:.1f} ms, measured {measured * 1e3:.1f} ms "
+              f"({error:+.1%})")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -381,6 +406,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("devices", help="the built-in device tiers and links, with their sources")
     p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("calibrate", help="measure local steps on this host, fit its effective FLOP/s, "
+                                         "write it as a user device tier")
+    p.add_argument("--model", required=True, help="model card name, e.g. smollm2-135m")
+    p.add_argument("--method", required=True, choices=("comigs", "hetlora", "fedavg"),
+                   help="method kind whose step is timed (comigs = 1G1S)")
+    p.add_argument("--rank", type=int, help="LoRA rank (default: 8; hetlora 16)")
+    p.add_argument("--steps", type=int, default=7, help="timed steps; the median is used (default 7)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--tier", default="this_host", help="name of the written tier (default this_host)")
+    p.add_argument("--out", help="user tiers file (default ~/.config/simfed/tiers.yaml)")
+    p.add_argument("--check", nargs="*", default=[], metavar="KIND[:RANK]",
+                   help="also measure these methods and compare with the FLOPs model's prediction")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("models", help="the model cards")
     p.set_defaults(func=cmd_models)

@@ -36,6 +36,7 @@ from simfed.learn.base_model import cache_root, load_base_model
 from simfed.learn.budget import experts_for_budget, rank_for_budget
 from simfed.learn.flops import ModelDims, round_flops, router_phases_in_round
 from simfed.learn.lora import linear_dims
+from simfed.learn.memory import memory_need
 from simfed.learn.model_card import ModelCard, load_card
 from simfed.learn.spec import MethodSpec, TrainingSpec
 from simfed.run.payload import element_size
@@ -160,6 +161,11 @@ class DryWorkload:
         nbytes = self._bytes(shape)
         return RoundCost(nbytes, nbytes, self.method.round_flops(shape, self.steps.get(device, 0)))
 
+    def memory_need(self, device: int) -> int:
+        """Bytes the device needs to train its shape (simfed/learn/memory.py)."""
+        t = self.scenario.training
+        return memory_need(self.method.dims, self.method.shape(self.fleet[device]), t.batch_size, t.seq_len).total
+
     def on_download(self, device: int, round_index: int) -> None:
         pass
 
@@ -201,7 +207,12 @@ def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
                     run.log_event(name, seed, data)
                     view.on_event(name, data)
 
-                Engine(scenario.world, fleet, workload, seed, observers=[tally, record, trace.observer(name, seed)]).run()
-                run.finish_method(name, seed, {**tally.as_summary(), "training_calls": 0})
+                engine = Engine(scenario.world, fleet, workload, seed,
+                                observers=[tally, record, trace.observer(name, seed)])
+                engine.run()
+                stats = {**tally.as_summary(), "training_calls": 0}
+                if scenario.world.memory_policy != "ignore":
+                    stats["memory_excluded"] = len(engine.excluded)
+                run.finish_method(name, seed, stats)
                 view.on_method_done(name)
         return run.path

@@ -22,6 +22,7 @@ from simfed.data.federated import UserData, build_federation
 from simfed.learn.adapters import AdaptedModel
 from simfed.learn.base_model import load_base_model
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
+from simfed.learn.memory import memory_need
 from simfed.learn.methods.base import Budget, ClientInfo, LocalPlan, Method, Update
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
@@ -88,6 +89,16 @@ class MethodWorkload:
         if self.checkpoint is not None:
             self.checkpoint.log_cost(device, round_index, cost)
         return cost
+
+    def memory_need(self, device: int) -> int | None:
+        """Bytes the device needs to train its adapters (simfed/learn/memory.py); None for a method
+        without per-device adapter shapes (it is then taken as fitting)."""
+        fed = getattr(self.method, "fed", None)
+        shape = getattr(fed, "shapes", {}).get(device) if fed is not None else None
+        if shape is None:
+            return None
+        t = self.scenario.training
+        return memory_need(fed.dims, shape, t.batch_size, t.seq_len).total
 
     def on_download(self, device: int, round_index: int) -> None:
         if self.replay is not None:
@@ -256,11 +267,14 @@ def run_method(
     if workload.replay is None:
         workload.log(0, 0.0, pretrained)
     observers = [live(observe) for observe in (record, workload.on_event, *observers)]
-    Engine(scenario.world, fleet, workload, seed, observers=[tally, *observers]).run()
+    engine = Engine(scenario.world, fleet, workload, seed, observers=[tally, *observers])
+    engine.run()
     if workload.replay is not None:  # the engine ended before the checkpointed round did
         raise ResumeError(f"resume: {method.name} seed {seed}: the replay never reached round {workload.replay.round}")
     stats = tally.as_summary()
     stats["training_calls"] = workload.training_calls
+    if scenario.world.memory_policy != "ignore":
+        stats["memory_excluded"] = len(engine.excluded)  # devices never selected: the training does not fit
     run.finish_method(method.name, seed, stats, measured_model=method.measured_model)
     view.on_method_done(method.name)
     return workload

@@ -49,13 +49,14 @@ class Devices:
         self.on_ready = on_ready
         self.server = server
         self.working: dict[int, Device] = {}  # device id -> its actor, while it works for a round
+        self.excluded = np.zeros(len(profiles), dtype=bool)  # never selected (world.memory_policy: exclude)
 
     def __len__(self) -> int:
         return len(self.profiles)
 
     def ready(self) -> np.ndarray:
-        """Mask of the devices online and idle now."""
-        return self.presence.ready(self.env.now)
+        """Mask of the devices online and idle now (and not excluded)."""
+        return self.presence.ready(self.env.now) & ~self.excluded
 
     @property
     def busy_count(self) -> int:
@@ -68,11 +69,12 @@ class Devices:
         return self.env.event() if math.isinf(t) else timeout_at(self.env, t)
 
     def join(self, d: int, rnd: RoundPort, cost: RoundCost, slowdown: float, fail_after_s: float,
-             workload: Workload, emit: Emit) -> None:
-        """Device `d` takes part in `rnd`: it works through it unless it fails `fail_after_s` into it."""
+             workload: Workload, emit: Emit, link_factors: tuple[float, float] = (1.0, 1.0)) -> None:
+        """Device `d` takes part in `rnd`: it works through it unless it fails `fail_after_s` into it.
+        `link_factors` scale its (down, up) rates for this round (a trace-driven link's variation)."""
         assert self.presence.online[d] and not self.presence.busy[d], \
             f"device {d} joined round {rnd.index} while offline or busy"
-        device = self.working[d] = Device(self, self.profiles[d])
+        device = self.working[d] = Device(self, self.profiles[d], link_factors)
         self.presence.busy[d] = True
         device.join(rnd, cost, slowdown, fail_after_s, workload, emit)
 
@@ -99,12 +101,12 @@ class Device:
     """One device working for a round: its profile and link, the round's process, and a watch
     on its availability — going offline cuts the work."""
 
-    def __init__(self, devices: Devices, profile: DeviceProfile):
+    def __init__(self, devices: Devices, profile: DeviceProfile, link_factors: tuple[float, float] = (1.0, 1.0)):
         self.env = devices.env
         self.devices = devices
         self.profile = profile
         self.id = profile.device_id
-        self.link = Link.of(devices.env, profile, devices.server)
+        self.link = Link.of(devices.env, profile, devices.server, link_factors)
         self.work: Process | None = None  # the round being worked on
         self._watch: simpy.Event | None = None  # fires when the current availability period ends
 

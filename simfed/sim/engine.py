@@ -36,6 +36,7 @@ class Engine:
         self.env: simpy.Environment | None = None
         self.presence: Presence | None = None
         self.sim_time_s = 0.0  # sim time when the run stopped, seconds
+        self.excluded: list[int] = []  # devices whose memory the training does not fit (memory_policy: exclude)
 
     def emit(self, event: SimEvent) -> None:
         for observe in self.observers:
@@ -49,6 +50,8 @@ class Engine:
         timelines = (timeline(group_availability, self.seed, d) for d, group_availability in enumerate(self._availability_specs()))
         self.presence = Presence(timelines, len(self.fleet))
         devices = Devices(env, self.fleet, self.presence, doorbell.ring, side)
+        self.excluded = self._memory_excluded()
+        devices.excluded[self.excluded] = True
         policy = server if spec.policy == "sync" else async_server
         rounds = env.process(policy(env, self.world, devices, doorbell, self.workload, self.seed, self.emit))
         limit = self.world.server.max_sim_time_s
@@ -59,6 +62,15 @@ class Engine:
             if "No scheduled events left" not in str(stuck):
                 raise
         self.sim_time_s = env.now
+
+    def _memory_excluded(self) -> list[int]:
+        """Devices that cannot hold the training (world.memory_policy: exclude), by the workload's
+        `memory_need`; none when the policy is ignore or the workload cannot tell."""
+        need = getattr(self.workload, "memory_need", None)
+        if self.world.memory_policy == "ignore" or need is None:
+            return []
+        return [p.device_id for p in self.fleet
+                if (n := need(p.device_id)) is not None and n > p.memory_bytes]
 
     def _availability_specs(self):
         for group in self.world.fleet:

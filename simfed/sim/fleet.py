@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from simfed.sim.device_data import KBPS, load_link_users, load_scores, lognormal_sigma, score_factor
 from simfed.sim.profiles import GB, MBPS, load_links, load_tiers
 from simfed.sim.spec import DeviceGroupSpec, WorldSpec
 from simfed.sim.streams import Purpose, stream
@@ -24,6 +25,8 @@ class DeviceProfile:
     joules_per_flop: float  # compute energy, J per FLOP
     joules_per_byte_down: float  # radio energy per byte received, J
     joules_per_byte_up: float  # radio energy per byte sent, J
+    down_sigma_ln: float = 0.0  # within-user ln-sd of the downlink per round (link_trace); 0 = fixed rate
+    up_sigma_ln: float = 0.0  # within-user ln-sd of the uplink per round (link_trace)
 
     @property
     def joules_per_byte(self) -> float:
@@ -50,20 +53,35 @@ def _draw_device(device_id: int, group: DeviceGroupSpec, world: WorldSpec, seed:
     rng = stream(seed, Purpose.FLEET, device_id)
     z_compute, z_link = rng.standard_normal(2)  # one z for both directions: a slow line is slow both ways
     memory_u = rng.random()  # uniform pick among the tier's RAM choices
+    score_u, user_u = rng.random(2)  # picks in compute_scores / link_trace (drawn always: fixed order)
     compute_sigma = tier.sigma if world.device_spread_sigma is None else world.device_spread_sigma
     link_sigma = link.sigma if world.link_spread_sigma is None else world.link_spread_sigma
     compute_factor = math.exp(compute_sigma * z_compute)  # lognormal, median 1
     link_factor = math.exp(link_sigma * z_link)
+    flops_per_s = (group.flops_per_s or tier.flops_per_s) * compute_factor
+    if group.compute_scores is not None:
+        scores = load_scores(group.compute_scores, group.score_field)
+        flops_per_s = (group.flops_per_s or tier.flops_per_s) * score_factor(scores, score_u)
+    down_bps = (group.down_mbps or link.down_mbps) * MBPS * link_factor
+    up_bps = (group.up_mbps or link.up_mbps) * MBPS * link_factor
+    down_sigma_ln = up_sigma_ln = 0.0
+    if group.link_trace is not None:
+        users = load_link_users(group.link_trace)
+        down_u, down_sd, up_u, up_sd = users[int(user_u * len(users))]
+        down_bps, up_bps = down_u * KBPS, up_u * KBPS
+        down_sigma_ln, up_sigma_ln = lognormal_sigma(down_u, down_sd), lognormal_sigma(up_u, up_sd)
     return DeviceProfile(
         device_id=device_id,
         tier=group.tier,
         link=group.link,
-        flops_per_s=(group.flops_per_s or tier.flops_per_s) * compute_factor,
+        flops_per_s=flops_per_s,
         memory_bytes=tier.memory_bytes[int(memory_u * len(tier.memory_bytes))],
-        down_bps=(group.down_mbps or link.down_mbps) * MBPS * link_factor,
-        up_bps=(group.up_mbps or link.up_mbps) * MBPS * link_factor,
+        down_bps=down_bps,
+        up_bps=up_bps,
         latency_s=link.latency_s if group.latency_s is None else group.latency_s,
         joules_per_flop=tier.joules_per_flop,
         joules_per_byte_down=link.joules_per_byte_down,
         joules_per_byte_up=link.joules_per_byte_up,
+        down_sigma_ln=down_sigma_ln,
+        up_sigma_ln=up_sigma_ln,
     )

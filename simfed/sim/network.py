@@ -145,8 +145,10 @@ class Link:
         self.server = server
 
     @classmethod
-    def of(cls, env: simpy.Environment, device: DeviceProfile, server: ServerSide | None = None) -> "Link":
-        return cls(env, device.down_bps, device.up_bps, device.latency_s,
+    def of(cls, env: simpy.Environment, device: DeviceProfile, server: ServerSide | None = None,
+           factors: tuple[float, float] = (1.0, 1.0)) -> "Link":
+        """The device's link, its (down, up) rates scaled by `factors` (this round's variation)."""
+        return cls(env, device.down_bps * factors[0], device.up_bps * factors[1], device.latency_s,
                    device.joules_per_byte_down, device.joules_per_byte_up, server)
 
     def seconds(self, direction: Direction, nbytes: int) -> float:

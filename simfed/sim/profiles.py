@@ -1,6 +1,14 @@
-"""Built-in device tiers and link types, loaded from simfed/profiles/*.yaml (each with its source)."""
+"""Built-in device tiers and link types, loaded from simfed/profiles/*.yaml (each with its source).
+
+A user tiers file adds tiers to the built-in ones: `$SIMFED_PROFILES` names a YAML file in the
+format of simfed/profiles/tiers.yaml (tier name -> flops_per_s, memory_gb, joules_per_flop, sigma,
+source), e.g. the one `simfed calibrate` writes (~/.config/simfed/tiers.yaml by default). Its tiers
+are usable in any scenario's `fleet[].tier`; a name of a built-in tier is refused (built-ins never
+change). Set the same variable when resuming or validating a run that uses them.
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -36,6 +44,9 @@ class LinkProfile:
     joules_per_byte_up: float  # radio energy per byte sent, J
     sigma: float  # lognormal spread of a user's throughput around the median (ln units)
     source: str  # where the numbers come from
+
+
+USER_PROFILES_ENV = "SIMFED_PROFILES"  # names a user tiers file (see the module doc)
 
 
 def _read(filename: str) -> dict[str, dict[str, Any]]:
@@ -80,10 +91,31 @@ def _link(name: str, row: dict[str, Any]) -> LinkProfile:
     )
 
 
-@lru_cache(maxsize=1)
 def load_tiers() -> dict[str, TierProfile]:
-    """The built-in device tiers by name (phone_low, phone_mid, phone_flagship, laptop, jetson_orin)."""
-    return {name: _tier(name, row) for name, row in _read("tiers.yaml").items()}
+    """The device tiers by name: the built-ins (phone_low, phone_mid, phone_flagship, laptop,
+    jetson_orin), then those of the user tiers file named by `$SIMFED_PROFILES`, if set."""
+    return _load_tiers(os.environ.get(USER_PROFILES_ENV) or None)
+
+
+@lru_cache(maxsize=8)
+def _load_tiers(user_file: str | None) -> dict[str, TierProfile]:
+    tiers = {name: _tier(name, row) for name, row in _read("tiers.yaml").items()}
+    if user_file is None:
+        return tiers
+    try:
+        rows = yaml.safe_load(open(user_file, encoding="utf-8").read()) or {}
+    except OSError as err:
+        raise ValueError(f"${USER_PROFILES_ENV}={user_file}: cannot read it ({err.strerror})") from None
+    if not isinstance(rows, dict):
+        raise ValueError(f"${USER_PROFILES_ENV}={user_file}: expected a mapping of tier name -> fields")
+    for name, row in rows.items():
+        if name in tiers:
+            raise ValueError(f"{user_file}: tier {name!r} is built in; give the user tier another name")
+        try:
+            tiers[name] = _tier(name, row)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{user_file}: tier {name!r}: missing or malformed field {err}") from None
+    return tiers
 
 
 @lru_cache(maxsize=1)

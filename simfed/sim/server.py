@@ -28,6 +28,7 @@ import numpy as np
 import simpy
 
 from simfed.sim.cost import compute_slowdown, failure_after_s
+from simfed.sim.device_data import link_variation
 from simfed.sim.device import Devices, Emit
 from simfed.sim.events import SimEvent
 from simfed.sim.spec import WorldSpec
@@ -115,8 +116,10 @@ def server(env: simpy.Environment, world: WorldSpec, devices: Devices, doorbell:
         for d in chosen:
             emit(SimEvent(env.now, "selected", r, d))
         for d in chosen:
+            p = devices.profiles[d]
             devices.join(d, rnd, workload.cost(d, r), compute_slowdown(seed, d, r, world.compute_noise_sigma),
-                         failure_after_s(seed, d, r, world.dropout.hazard_per_hour), workload, emit)
+                         failure_after_s(seed, d, r, world.dropout.hazard_per_hour), workload, emit,
+                         link_variation(seed, d, r, p.down_sigma_ln, p.up_sigma_ln))
 
         yield rnd.quorum_reached | env.timeout(spec.deadline_s)
         rnd.close()
@@ -216,7 +219,9 @@ def async_server(env: simpy.Environment, world: WorldSpec, devices: Devices, doo
                 jobs[d] = job + 1
                 devices.join(d, Ticket(buffer, buffer.version), workload.cost(d, buffer.version),
                              compute_slowdown(seed, d, job, world.compute_noise_sigma),
-                             failure_after_s(seed, d, job, world.dropout.hazard_per_hour), workload, emit)
+                             failure_after_s(seed, d, job, world.dropout.hazard_per_hour), workload, emit,
+                             link_variation(seed, d, job, devices.profiles[d].down_sigma_ln,
+                                            devices.profiles[d].up_sigma_ln))
         wake = doorbell.wait() | buffer.done
         if devices.busy_count < spec.concurrency:  # a free slot: a device coming online is picked at once
             wake = wake | devices.next_online()

@@ -72,6 +72,9 @@ class DeviceGroupSpec(_Strict):
     down_mbps: float | None = Field(None, gt=0)  # override: median downlink, megabits/s
     up_mbps: float | None = Field(None, gt=0)  # override: median uplink, megabits/s
     latency_s: float | None = Field(None, ge=0)  # override: fixed cost of one transfer, seconds
+    compute_scores: str | None = None  # JSON phone list (AI-Benchmark format): FLOP/s = tier median × score / median score (simfed/sim/device_data.py)
+    score_field: str = "CPU_F_AI_Score"  # which score of compute_scores' entries
+    link_trace: str | None = None  # JSON per-user link speeds (FLASH format, kbit/s mean/sigma), varying per round (simfed/sim/device_data.py)
 
     @field_validator("tier")
     @classmethod
@@ -80,6 +83,21 @@ class DeviceGroupSpec(_Strict):
         if name not in tiers:
             raise ValueError(f"unknown tier {name!r}; choose one of: {', '.join(sorted(tiers))}")
         return name
+
+    @model_validator(mode="after")
+    def _data_files_readable(self) -> "DeviceGroupSpec":
+        from simfed.sim.device_data import load_link_users, load_scores  # read once; cached
+
+        try:
+            if self.compute_scores is not None:
+                load_scores(self.compute_scores, self.score_field)
+            if self.link_trace is not None:
+                load_link_users(self.link_trace)
+        except OSError as err:
+            raise ValueError(f"{err.filename}: cannot read it ({err.strerror})") from None
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"malformed device data file: {err}") from None
+        return self
 
     @field_validator("link")
     @classmethod
@@ -139,6 +157,9 @@ class WorldSpec(_Strict):
     compute_noise_sigma: float = Field(0.1, ge=0)  # lognormal run-to-run noise of compute time, per device per round (ln units; measured 2-13%)
     device_spread_sigma: float | None = Field(None, ge=0)  # lognormal spread of FLOP/s within a tier (ln units); None = the tier's own (0.5)
     link_spread_sigma: float | None = Field(None, ge=0)  # lognormal spread of throughput across users (ln units); None = the link's own (0.9)
+    # a device trains only if base model + adapters (+ grads, AdamW moments) + activations fit its RAM
+    # (simfed/learn/memory.py): ignore = never checked; exclude = the server never selects one that does not fit
+    memory_policy: Literal["ignore", "exclude"] = "ignore"
 
     @property
     def n_devices(self) -> int:

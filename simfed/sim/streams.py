@@ -18,6 +18,7 @@ class Purpose(IntEnum):
     DROPOUT = 3  # a device's failure time in a round
     COMPUTE_NOISE = 4  # a device's run-to-run compute slowdown in a round
     SELECTION = 5  # the server's random order of devices in a round
+    LINK_VARIATION = 6  # a trace-driven link's within-user rate variation in a round
 
 
 def stream(seed: int, purpose: Purpose, *keys: int) -> np.random.Generator:

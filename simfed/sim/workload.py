@@ -45,6 +45,9 @@ class Workload(Protocol):
         relative to the model that device downloaded (see on_download)."""
         ...
 
+    # Optional: `memory_need(device) -> int | None`, the bytes `device` needs to train (None: unknown,
+    # taken as fitting). The engine asks it once per device when world.memory_policy is not ignore.
+
     def on_round_end(self, round_index: int, sim_time_s: float) -> None:
         """The round is closed and aggregated; the runner may evaluate here."""
         ...

@@ -112,3 +112,39 @@ def test_a_dry_run_writes_events_and_summary_and_trains_nothing(tmp_path: Path, 
     rows = read_metrics(run)
     assert [r["round"] for r in rows if r["method"] == "comigs"] == [2, 4, 5]
     assert all(math.isnan(float(r["ppl"])) for r in rows)
+
+
+def test_memory_policy_exclude_never_selects_devices_the_training_does_not_fit(tmp_path: Path, monkeypatch) -> None:
+    """tiny-gpt2 CoMiGS 1G1S at batch 2 × 32 needs ~1.8 MB (simfed/learn/memory.py): a 1 MB user tier
+    cannot hold it, a 1 GB one can."""
+    from simfed.run.runner import run_scenario
+    from simfed.sim.profiles import USER_PROFILES_ENV
+
+    tiers = tmp_path / "tiers.yaml"
+    row = "flops_per_s: 1.0e+10, joules_per_flop: 1.0e-10, sigma: 0.0, source: test"
+    tiers.write_text(f"tiny_box: {{memory_gb: 0.001, {row}}}\nbig_box: {{memory_gb: 1, {row}}}\n")
+    monkeypatch.setenv(USER_PROFILES_ENV, str(tiers))
+    path = tmp_path / "dry.yaml"
+    path.write_text(f"""
+name: dry_memory
+seeds: [0]
+model: tiny-gpt2
+data: {{users: [toy:a], cache_dir: {tmp_path / "cache"}}}
+training: {{dry: true, local_steps: 2, batch_size: 2, seq_len: 32}}
+methods: [{{name: comigs, kind: comigs}}]
+world:
+  memory_policy: exclude
+  fleet:
+    - {{count: 3, tier: tiny_box, link: lte}}
+    - {{count: 3, tier: big_box, link: lte}}
+  server: {{rounds: 2, target_per_round: 3, over_selection: 1.0, deadline_s: 600}}
+""")
+    scenario = load_scenario(path)
+    with ProgressView(["comigs"], 2, enabled=False) as view:
+        run = Path(run_scenario(scenario, path, tmp_path / "runs", scenario.seeds, view))
+    summary = json.loads((run / "summary.json").read_text())
+    entry = summary["methods"]["comigs"] if "methods" in summary else summary["comigs"]
+    entry = entry.get("0", entry)
+    assert entry["memory_excluded"] == 3
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    assert {e["device"] for e in events if e["kind"] == "selected"} == {3, 4, 5}

@@ -1,0 +1,65 @@
+"""Memory a device needs to fine-tune: frozen base + adapters (with gradients and AdamW moments) + activations.
+
+From the shapes alone (`ModelDims`, `AdapterShape`), in bytes, with `b` bytes per element (the
+card's dtype; float32 = 4). Names: L layers, d = d_model, V = vocab, E experts, r_a / r_m the
+attention / expert LoRA ranks, B × T the batch, d_ff the MLP width (mlp_down's input).
+
+    base        = b · (L · (Σ_attn in·out + Σ_mlp in·out) + V · d)
+                  (frozen matmul weights and one token embedding, the LM head taken as tied to it;
+                   biases, norms and position embeddings are left out: < 1% for these models)
+    trainable P = L · (r_a · Σ_attn (in+out) + E · r_m · Σ_mlp (in+out) + [E > 1] · E · d)
+                  (LoRA A and B of every site and expert, plus the router)
+    adapters    = 4 · b · P   (weights, gradients, AdamW first and second moments)
+    activations ≈ b · B · T · (L · (8·d + (2 + [gated]) · E · d_ff) + 2 · V)
+                  (per token and layer: ~8 d-wide tensors kept for backward — norms, q/k/v,
+                   attention output, residuals — and the MLP's hidden tensors once per expert;
+                   logits and their gradient at the head. An estimate: attention scores, the
+                   allocator's slack and the framework's own footprint are not counted.)
+
+`memory_need` is their sum; a device fits if it is at most the device's RAM. The engine asks the
+workload for it when `world.memory_policy` is not `ignore` (see simfed/sim/engine.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simfed.learn.adapters import AdapterShape
+from simfed.learn.flops import ModelDims
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    base: int  # frozen weights, bytes
+    adapters: int  # LoRA + router weights, gradients and AdamW moments, bytes
+    activations: int  # kept for backward over one batch, bytes
+
+    @property
+    def total(self) -> int:
+        return self.base + self.adapters + self.activations
+
+
+def base_params(dims: ModelDims) -> int:
+    per_layer = sum(i * o for i, o in dims.attn_linears) + sum(i * o for i, o in dims.mlp_up)
+    per_layer += dims.mlp_down[0] * dims.mlp_down[1]
+    return dims.n_layers * per_layer + dims.vocab * dims.d_model
+
+
+def trainable_params(dims: ModelDims, shape: AdapterShape) -> int:
+    attn = shape.attn_rank * sum(i + o for i, o in dims.attn_linears)
+    mlp = shape.n_experts * shape.mlp_rank * sum(i + o for i, o in (*dims.mlp_up, dims.mlp_down))
+    router = shape.n_experts * dims.d_model if shape.n_experts > 1 else 0
+    return dims.n_layers * (attn + mlp + router)
+
+
+def memory_need(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: int,
+                bytes_per_element: int = 4) -> MemoryNeed:
+    """Bytes to train `shape` on `dims` with batch_size × seq_len tokens (formula in the module doc)."""
+    b = bytes_per_element
+    d_ff = dims.mlp_down[0]
+    hidden = len(dims.mlp_up) + 1  # GPT-2: fc output and activation; gated: gate, up and their product
+    per_token = dims.n_layers * (8 * dims.d_model + hidden * shape.n_experts * d_ff) + 2 * dims.vocab
+    return MemoryNeed(
+        base=b * base_params(dims),
+        adapters=4 * b * trainable_params(dims, shape),
+        activations=b * batch_size * seq_len * per_token,
+    )

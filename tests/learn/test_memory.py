@@ -1,0 +1,56 @@
+"""Memory need of training (simfed/learn/memory.py), hand-computed on tiny-gpt2, and the engine's exclusion."""
+from __future__ import annotations
+
+import torch
+
+from simfed.learn.adapters import AdapterShape
+from simfed.learn.flops import ModelDims
+from simfed.learn.memory import base_params, memory_need, trainable_params
+from tests.sim.fakes import FakeWorkload, of_kind, plain_device, run, world
+
+
+def test_tiny_gpt2_dims(tiny_gpt2):
+    dims = ModelDims.of(tiny_gpt2)
+    assert dims.attn_linears == ((64, 192), (64, 64)) and dims.mlp_up == ((64, 256),) and dims.mlp_down == (256, 64)
+
+
+def test_memory_need_by_hand_on_tiny_gpt2(tiny_gpt2):
+    dims = ModelDims.of(tiny_gpt2)
+    shape = AdapterShape(2, mlp_rank=8, attn_rank=8)  # CoMiGS 1G1S
+    # base: 2 layers × (64·192 + 64·64 + 64·256 + 256·64) + 257·64 = 2 × 49152 + 16448
+    assert base_params(dims) == 114_752
+    # trainable per layer: attn 8·(256 + 128) = 3072; experts 2·8·(320 + 320) = 10240; router 2·64 = 128
+    assert trainable_params(dims, shape) == 2 * (3072 + 10240 + 128) == 26_880
+    need = memory_need(dims, shape, batch_size=4, seq_len=64)
+    assert need.base == 4 * 114_752 == 459_008
+    assert need.adapters == 16 * 26_880 == 430_080  # fp32 weights, grads, two AdamW moments
+    # activations: 4·64 tokens × 4 B × (2 layers × (8·64 + 2·2·256) + 2·257) = 1024 × 3586
+    assert need.activations == 1024 * 3586 == 3_672_064
+    assert need.total == 4_561_152
+
+
+def test_trainable_params_equal_the_real_adapters(tiny_gpt2):
+    dims = ModelDims.of(tiny_gpt2)
+    for shape in (AdapterShape(2, 8, 8), AdapterShape(1, 16, 16), AdapterShape(4, 8, 8)):
+        adapters = tiny_gpt2.new_adapters(shape, torch.Generator().manual_seed(0))
+        assert trainable_params(dims, shape) == sum(p.numel() for p in adapters.parameters())
+
+
+class NeedyWorkload(FakeWorkload):
+    def memory_need(self, device: int) -> int:
+        return 7_000_000_000 if device % 2 else 1_000_000_000  # odd devices need more than their 6 GB
+
+
+def test_exclude_never_selects_a_device_that_does_not_fit():
+    spec = world([{"count": 6, "tier": "phone_mid", "link": "lte"}], rounds=3, target_per_round=3,
+                 over_selection=1.0)
+    fleet = [plain_device(d) for d in range(6)]
+    for policy, expected in (("ignore", []), ("exclude", [1, 3, 5])):
+        events, tally, workload, engine = run(spec.model_copy(update={"memory_policy": policy}),
+                                              NeedyWorkload(), fleet=fleet)
+        assert engine.excluded == expected
+        selected = {e.device for e in of_kind(events, "selected")}
+        if policy == "exclude":
+            assert selected == {0, 2, 4}
+        else:
+            assert selected & {1, 3, 5}
