@@ -21,7 +21,7 @@ from simfed.learn.lora import rslora_scale
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import AdapterFederation
-from simfed.learn.methods.hetlora import truncate_state
+from simfed.learn.methods.hetlora import truncate_state, truncated_shapes
 from simfed.learn.spec import MethodSpec, TrainingSpec
 
 State = dict[str, torch.Tensor]
@@ -74,7 +74,7 @@ class FlexLoRA(Method):
         return self.fed.evaluate(client, split)
 
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in truncate_state(self.fed.server, self.ranks[client]).items()}
+        return truncated_shapes(self.fed.server, self.ranks[client])
 
     def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
         return self.upload_shapes(client)

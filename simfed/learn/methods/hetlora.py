@@ -29,6 +29,15 @@ from simfed.learn.store import pack_states, unpack_states
 State = dict[str, torch.Tensor]
 
 
+def truncated_shapes(state: State, rank: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of `truncate_state(state, rank)` without copying any tensor (the engine asks per device-round)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for m in lora_modules(state):
+        shapes[f"{m}.lora_A"] = (min(rank, state[f"{m}.lora_A"].shape[0]), state[f"{m}.lora_A"].shape[1])
+        shapes[f"{m}.lora_B"] = (state[f"{m}.lora_B"].shape[0], min(rank, state[f"{m}.lora_B"].shape[1]))
+    return shapes
+
+
 def truncate_state(state: State, rank: int) -> State:
     out: State = {}
     for m in lora_modules(state):
@@ -138,7 +147,7 @@ class HetLoRA(Method):
         return self.fed.evaluate(client, split)
 
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in truncate_state(self.fed.server, self.ranks[client]).items()}
+        return truncated_shapes(self.fed.server, self.ranks[client])
 
     def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
         return self.upload_shapes(client)
