@@ -8,9 +8,7 @@ from pathlib import Path
 
 import torch
 
-from simfed.config import load_scenario
 from simfed.learn.aggregate import hetlora_weights, lora_modules, zero_pad_rank
-from simfed.run.progress import ProgressView
 
 SCENARIO = """
 name: async_test
@@ -40,7 +38,7 @@ world:
 """
 
 
-def test_fedbuff_merges_are_base_plus_staleness_weighted_deltas(tmp_path: Path, monkeypatch) -> None:
+def test_fedbuff_merges_are_base_plus_staleness_weighted_deltas(run_text, tmp_path: Path, monkeypatch) -> None:
     import simfed.run.runner as runner
 
     merges: dict[str, list[dict]] = {}
@@ -74,11 +72,7 @@ def test_fedbuff_merges_are_base_plus_staleness_weighted_deltas(tmp_path: Path, 
         return method
 
     monkeypatch.setattr(runner, "build_method", build)
-    path = tmp_path / "async_test.yaml"
-    path.write_text(SCENARIO.format(cache=tmp_path / "cache"))
-    scenario = load_scenario(path)
-    with ProgressView([m.name for m in scenario.methods], scenario.world.server.rounds, enabled=False) as view:
-        run = Path(runner.run_scenario(scenario, path, tmp_path / "runs", scenario.seeds, view))
+    run = run_text(SCENARIO.format(cache=tmp_path / "cache"), tmp_path / "async_test.yaml", tmp_path / "runs")
 
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     for name in ("comigs", "hetlora"):

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from simfed.config import load_scenario
-from simfed.run.progress import ProgressView
 from simfed.run.results import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,16 +53,10 @@ N = 4
 
 
 @pytest.fixture(scope="module")
-def ideal(tmp_path_factory):
-    from simfed.run.runner import run_scenario
-
+def ideal(run_text, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ideal")
-    path = tmp / "ideal.yaml"
-    path.write_text(SCENARIO)
-    scenario = load_scenario(path)
-    with ProgressView([m.name for m in scenario.methods], ROUNDS, enabled=False) as view:
-        run = Path(run_scenario(scenario, path, tmp / "runs", scenario.seeds, view))
-    return scenario, run
+    run = run_text(SCENARIO, tmp / "ideal.yaml", tmp / "runs")
+    return load_scenario(tmp / "ideal.yaml"), run
 
 
 def events(run: Path) -> list[dict]:

@@ -16,7 +16,6 @@ import pytest
 
 from simfed.cli import main
 from simfed.config import load_scenario
-from simfed.run.progress import ProgressView
 from simfed.run.results import read_metrics, read_summary
 
 # fedavg, hetlora (ranks, received payloads) and pcl (relayed models); devices of the slow group
@@ -202,20 +201,18 @@ def test_killed_from_outside_while_running_and_twice(scenario, reference, tmp_pa
     assert_same_run(copy, full)
 
 
-def test_every_method_kind_resumes_in_process(tmp_path) -> None:
+def test_every_method_kind_resumes_in_process(run_text, tmp_path) -> None:
     """The other kinds' state_dict/load_state_dict (CoMiGS experts and routers, FlexLoRA's SVD flag,
     FFA-LoRA's frozen A, private adapters, pooled data, the bare model), interrupted (Ctrl-C) in
     the middle of each one's round 2 and resumed each time."""
     from simfed.run import runner
 
-    path = tmp_path / "resume_test.yaml"
-    path.write_text(SCENARIO.format(cache=tmp_path / "cache", methods=OTHER_METHODS, rounds=4))
-    scenario = load_scenario(path)
-    names = [m.name for m in scenario.methods]
+    text = SCENARIO.format(cache=tmp_path / "cache", methods=OTHER_METHODS, rounds=4)
+    (tmp_path / "resume_test.yaml").write_text(text)
+    names = [m.name for m in load_scenario(tmp_path / "resume_test.yaml").methods]
 
     def run(out: Path, resume: Path | None = None) -> Path:
-        with ProgressView(names, scenario.world.server.rounds, enabled=False) as view:
-            return Path(runner.run_scenario(scenario, path, out, scenario.seeds, view, resume=resume))
+        return run_text(text, tmp_path / "resume_test.yaml", out, resume=resume)
 
     full = run(tmp_path / "full")
     real = runner.MethodWorkload.on_compute_done

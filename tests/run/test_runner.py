@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from simfed.config import load_scenario
-from simfed.run.progress import ProgressView
 from simfed.run.results import read_metrics
 
 SCENARIO = """
@@ -39,33 +37,29 @@ world:
 """
 
 
-def run_once(tmp_path: Path, name: str, dtype: str = "float32", hazard: float = 0.0, deadline: float = 600.0):
-    from simfed.run.runner import run_scenario
-
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(SCENARIO.format(cache=tmp_path / "cache", dtype=dtype, hazard=hazard, deadline=deadline))
-    scenario = load_scenario(path)
-    with ProgressView([m.name for m in scenario.methods], scenario.world.server.rounds, enabled=False) as view:
-        return Path(run_scenario(scenario, path, tmp_path / "runs" / name, scenario.seeds, view))
+def run_once(run_text, tmp_path: Path, name: str, dtype: str = "float32", hazard: float = 0.0,
+             deadline: float = 600.0) -> Path:
+    text = SCENARIO.format(cache=tmp_path / "cache", dtype=dtype, hazard=hazard, deadline=deadline)
+    return run_text(text, tmp_path / f"{name}.yaml", tmp_path / "runs" / name)
 
 
 @pytest.fixture(scope="module")
-def lossy_run(tmp_path_factory) -> Path:
+def lossy_run(run_text, tmp_path_factory) -> Path:
     """A run with dropouts and stragglers, shared by the consistency tests."""
-    return run_once(tmp_path_factory.mktemp("lossy"), "lossy", hazard=200.0, deadline=5.0)
+    return run_once(run_text, tmp_path_factory.mktemp("lossy"), "lossy", hazard=200.0, deadline=5.0)
 
 
-def test_same_scenario_and_seed_give_byte_identical_metrics(tmp_path: Path) -> None:
-    first = run_once(tmp_path, "a")
-    second = run_once(tmp_path, "b")
+def test_same_scenario_and_seed_give_byte_identical_metrics(run_text, tmp_path: Path) -> None:
+    first = run_once(run_text, tmp_path, "a")
+    second = run_once(run_text, tmp_path, "b")
     assert (first / "metrics.csv").read_bytes() == (second / "metrics.csv").read_bytes()
     rows = read_metrics(first)
     assert {r["method"] for r in rows} == {"comigs", "hetlora"}
     assert {r["round"] for r in rows} == {0, 1, 2, 3}
 
 
-def test_comigs_upload_bytes_match_the_tensor_shapes_in_the_travel_dtype(tmp_path: Path) -> None:
-    run = run_once(tmp_path, "fp16", dtype="float16")
+def test_comigs_upload_bytes_match_the_tensor_shapes_in_the_travel_dtype(run_text, tmp_path: Path) -> None:
+    run = run_once(run_text, tmp_path, "fp16", dtype="float16")
     # tiny-gpt2: 2 layers, d=64, rank 8. Attention LoRA: c_attn A 8×64 + B 192×8, c_proj A 8×64 + B 64×8
     attention = 8 * 64 + 192 * 8 + 8 * 64 + 64 * 8  # 3072 per layer
     # generalist expert: c_fc A 8×64 + B 256×8, c_proj A 8×256 + B 64×8

@@ -1,0 +1,32 @@
+"""Shared fixture of the runner tests: run a scenario given as YAML text, quietly, in process."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+RunText = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def run_text() -> RunText:
+    """`run_text(yaml_text, path, out_root, resume=None) -> run directory`.
+
+    Writes the scenario to `path`, loads it as the CLI would and runs it with the live view off.
+    `run_scenario` is looked up on the runner module at call time, so tests may monkeypatch it.
+    """
+
+    def run(text: str, path: Path, out_root: Path, resume: Path | None = None) -> Path:
+        from simfed.config import load_scenario
+        from simfed.run import runner
+        from simfed.run.progress import ProgressView
+
+        path.write_text(text)
+        scenario = load_scenario(path)
+        extra = {"resume": resume} if resume is not None else {}
+        names = [m.name for m in scenario.methods]
+        with ProgressView(names, scenario.world.server.rounds, enabled=False) as view:
+            return Path(runner.run_scenario(scenario, path, out_root, scenario.seeds, view, **extra))
+
+    return run
