@@ -12,8 +12,8 @@ participation.csv (into RUN_DIR, or --out), and prints the table. Per simulated 
 - profile: the devices the availability profile expects online in that hour,
   Σ_groups count × hourly[clock hour] (diurnal groups: their `hourly`, or the built-in FLASH
   profile; the clock hour is start_hour + k, taken at the hour's middle); always-on groups count
-  fully, markov groups by their stationary on-fraction, trace groups are left out (their profile is
-  the trace's).
+  fully, markov groups by their stationary on-fraction, trace groups by the mean ready fraction of
+  the trace's clients in that hour (as replayed: from sim time 0, repeating).
 
 The figure: selected and aggregated per hour (left axis) with the profile (right axis, devices
 online), and the eligible devices at round starts against the profile (same axis). The printout
@@ -60,7 +60,27 @@ def expected_online(world: dict, hours: int) -> tuple[np.ndarray, float | None]:
             profile += count
         elif kind == "markov":
             profile += count * avail["mean_on_s"] / (avail["mean_on_s"] + avail["mean_off_s"])
+        elif kind == "trace":
+            profile += count * trace_ready_fraction(avail["path"], float(avail.get("offset_s", 0.0)), hours)
     return profile, (starts.pop() if len(starts) == 1 else None)
+
+
+def trace_ready_fraction(path: str, offset_s: float, hours: int, samples: int = 12) -> np.ndarray:
+    """Mean fraction of a trace's clients ready during each simulated hour, as the engine replays
+    them (shifted to start at sim time 0 plus `offset_s`, repeating with the trace's length); a
+    device draws its client uniformly, so this is what each trace-driven device is expected to do."""
+    from simfed.sim.availability import _read_trace
+
+    clients = _read_trace(path)
+    fraction = np.zeros(hours)
+    for k in range(hours):
+        times = (k + (np.arange(samples) + 0.5) / samples) * HOUR_S + offset_s
+        ready = 0.0
+        for length, spans in clients:
+            phase = np.mod(times, length)
+            ready += np.mean([any(a <= t < b for a, b in spans) for t in phase])
+        fraction[k] = ready / len(clients)
+    return fraction
 
 
 def hourly_counts(events_path: Path, hours: int) -> dict[str, dict[str, np.ndarray]]:

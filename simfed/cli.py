@@ -341,25 +341,42 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- calibrate
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """Time real local steps here, fit this host's effective FLOP/s, write it as a user tier;
-    with --check KIND[:RANK] ..., predict those methods' step times from it and measure them."""
+    """Time real local steps here, fit this host (FLOP/s, and with shapes of different expert
+    counts an activation bandwidth), write it as a user tier; with --check KIND[:RANK] ..., predict
+    those held-out methods' step times from the fit and measure them."""
     from simfed.run import calibrate as cal  # torch comes in here
+
+    def parse(items: list[str]) -> list[tuple[str, int | None]]:
+        out = []
+        for item in items:
+            kind, _, rank = item.partition(":")
+            out.append((kind, int(rank) if rank else args.rank))
+        return out
 
     model = cal.load_adapted(args.model, args.device, args.threads)
     common = dict(steps=args.steps, warmup=args.warmup, batch_size=args.batch_size, seq_len=args.seq_len,
                   threads=args.threads)
-    checks = [(kind, int(rank) if rank else None) for kind, _, rank in (c.partition(":") for c in args.check)]
-    m, *others = cal.measure_many(model, args.model, [(args.method, args.rank), *checks], **common)
-    print(f"{args.model} {m.kind} rank {m.rank}, batch {m.batch_size} x {m.seq_len} on {m.device} "
-          f"({m.threads} threads): {m.flops / 1e9:.3f} GFLOP/step, median {m.median_s * 1e3:.1f} ms "
-          f"over {len(m.times_s)} steps -> {m.flops_per_s / 1e9:.2f} GFLOP/s effective")
+    basis_specs, checks = parse(args.method), parse(args.check)
+    measured = cal.measure_many(model, args.model, [*basis_specs, *checks], **common)  # interleaved
+    basis, others = measured[:len(basis_specs)], measured[len(basis_specs):]
+    fit = cal.fit_host(basis)
+    for m in basis:
+        print(f"{args.model} {m.kind} rank {m.rank}, batch {m.batch_size} x {m.seq_len} on {m.device} "
+              f"({m.threads} threads): {m.flops / 1e9:.3f} GFLOP + {m.activation_bytes / 1e9:.3f} GB activations "
+              f"per step, median {m.median_s * 1e3:.1f} ms over {len(m.times_s)} steps")
+    bandwidth = (f", {fit.activation_bytes_per_s / 1e9:.2f} GB/s activation bandwidth"
+                 if fit.activation_bytes_per_s > 0 else " (all-in: one shape kind, no bandwidth term)")
+    print(f"fit: {fit.flops_per_s / 1e9:.2f} GFLOP/s effective{bandwidth}")
+    for m in basis:
+        predicted, actual, error = cal.check_prediction(fit, m)
+        print(f"  fitted {m.kind} rank {m.rank}: model {predicted * 1e3:.1f} ms vs {actual * 1e3:.1f} ms ({error:+.1%})")
     out = Path(args.out) if args.out else cal.DEFAULT_TIERS_FILE
-    path = cal.write_tier(out, args.tier, cal.tier_row(m))
+    path = cal.write_tier(out, args.tier, cal.tier_row(fit, basis))
     print(f"tier {args.tier!r} written to {path} (use it with SIMFED_PROFILES={path})")
-    for other in others:  # timed interleaved with the calibration's own steps
-        predicted, measured, error = cal.check_prediction(m, other)
-        print(f"  {other.kind} rank {other.rank}: predicted {predicted * 1e3:.1f} ms, measured {measured * 1e3:.1f} ms "
-              f"({error:+.1%})")
+    for other in others:  # held out of the fit, timed interleaved with it
+        predicted, actual, error = cal.check_prediction(fit, other)
+        print(f"  held out {other.kind} rank {other.rank}: predicted {predicted * 1e3:.1f} ms, "
+              f"measured {actual * 1e3:.1f} ms ({error:+.1%})")
     return 0
 
 
@@ -410,8 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="measure local steps on this host, fit its effective FLOP/s, "
                                          "write it as a user device tier")
     p.add_argument("--model", required=True, help="model card name, e.g. smollm2-135m")
-    p.add_argument("--method", required=True, choices=("comigs", "hetlora", "fedavg"),
-                   help="method kind whose step is timed (comigs = 1G1S)")
+    p.add_argument("--method", required=True, nargs="+", metavar="KIND[:RANK]",
+                   help="method shapes whose steps are timed and fitted: comigs (1G1S), comigs-1g3s, hetlora, "
+                        "fedavg; two with different expert counts also fit an activation bandwidth, e.g. "
+                        "--method fedavg comigs-1g3s")
     p.add_argument("--rank", type=int, help="LoRA rank (default: 8; hetlora 16)")
     p.add_argument("--steps", type=int, default=7, help="timed steps; the median is used (default 7)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")

@@ -352,6 +352,17 @@ class OutputSpec(_Strict):
     dir: str = "runs"  # relative to the working directory of `simfed run`
 
 
+class ExecutorSpec(_Strict):
+    """Where local updates run (simfed/run/executor.py). Results do not depend on it: `local` and
+    `ray` give identical metrics at the same thread count per process."""
+
+    kind: typing.Literal["local", "ray"] = "local"
+    workers: int = Field(2, ge=1)  # Ray actors, each holding the base model once
+    threads_per_worker: int = Field(0, ge=0)  # torch threads in each actor; 0 = training.threads
+    gpus_per_worker: float = Field(0.0, ge=0)  # on a CUDA host: the GPU share of each actor
+    address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001"); None: start one here
+
+
 class Scenario(_Strict):
     """One experiment: a world, a corpus, a model and the methods compared in it."""
 
@@ -364,6 +375,7 @@ class Scenario(_Strict):
     methods: list[MethodSpec] = Field(min_length=1)
     world: WorldSpec
     output: OutputSpec = Field(default_factory=OutputSpec)
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
 
     _source: _Source | None = PrivateAttr(None)  # lines of the file it was loaded from
 

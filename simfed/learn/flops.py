@@ -15,6 +15,10 @@ counts what simfed's implementation actually computes (a test checks it against
 - an expert step trains LoRA weights; a router step trains only the routers, so its LoRA
   matmuls need no weight gradient.
 Element-wise work (norms, activations, softmax) is not counted, as FLOP counters do not either.
+It is not free, though: it is bound by memory bandwidth, and CoMiGS does it once per expert over
+(E, B, T, d_ff). `step_activation_bytes` estimates the bytes it moves, so that a device profile
+with an effective activation bandwidth (`simfed calibrate` fits one) adds bytes / bandwidth to
+FLOPs / FLOP/s — the two-term roofline sum the simulated world uses for compute time.
 """
 from __future__ import annotations
 
@@ -115,6 +119,30 @@ def forward_flops(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len
         + (2.0 * dims.d_model * e if e > 1 else 0.0)
     )
     return tokens * (dims.n_layers * per_layer + 2.0 * dims.d_model * dims.vocab)
+
+
+# Element-wise tensors of one layer per token, forward: residual adds, norms and their outputs
+# (≈ 6·d_model) and, per MLP expert, the gate and up pre-activations, the activation and the
+# product (4·d_ff; with E = 1 the frozen MLP does the same once). Backward reads them back and
+# writes their gradients (×2 more); every element is written once and read once (×2), fp32.
+_ELEMENTWISE_PASSES = 3 * 2
+_BYTES_PER_ELEMENT = 4
+
+
+def step_activation_bytes(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: int) -> float:
+    """Bytes of element-wise memory traffic in one optimizer step (expert or router step alike)."""
+    d_ff = dims.mlp_down[0]
+    per_token_layer = 6 * dims.d_model + 4 * max(shape.n_experts, 1) * d_ff
+    return float(batch_size * seq_len * dims.n_layers * per_token_layer * _ELEMENTWISE_PASSES * _BYTES_PER_ELEMENT)
+
+
+def round_activation_bytes(
+    dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: int, local_steps: int,
+    router_phases: int = 0, router_steps: int = 0,
+) -> float:
+    """`step_activation_bytes` over a local round's expert steps and router phases."""
+    steps = local_steps + (router_phases * router_steps if shape.n_experts > 1 else 0)
+    return steps * step_activation_bytes(dims, shape, batch_size, seq_len)
 
 
 def router_phases_in_round(global_step: int, local_steps: int, tau: int) -> int:

@@ -38,6 +38,9 @@ class MemoryNeed:
         return self.base + self.adapters + self.activations
 
 
+SHRINK_STEPS = 16  # memory_policy shrink: halvings of a device's memory figure before it gives up (then: excluded)
+
+
 def base_params(dims: ModelDims) -> int:
     per_layer = sum(i * o for i, o in dims.attn_linears) + sum(i * o for i, o in dims.mlp_up)
     per_layer += dims.mlp_down[0] * dims.mlp_down[1]

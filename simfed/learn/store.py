@@ -34,14 +34,33 @@ def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict, m
     opt.load_state_dict({"state": state, "param_groups": json.loads(meta[prefix])})
 
 
-def save_client_state(state: ClientState, path: Path) -> None:
+def pack_client_state(state: ClientState) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A client's state as flat tensors (adapters, AdamW moments and steps) plus string metadata:
+    the form it takes on disk (safetensors) and on the way to and from a remote worker."""
     tensors = {f"adapters.{k}": v.detach().clone() for k, v in state.adapters.state_dict().items()}
     meta = {"global_step": str(state.global_step), "extra": json.dumps(state.extra)}
     _flatten_optimizer("expert_opt", state.expert_opt, tensors, meta)
     if state.router_opt is not None:
         _flatten_optimizer("router_opt", state.router_opt, tensors, meta)
+    return {k: v.contiguous() for k, v in tensors.items()}, meta
+
+
+def unpack_client_state(fresh: ClientState, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> ClientState:
+    """Fill a freshly built state of the right shape from `pack_client_state`'s value."""
+    adapters_sd = {k[len("adapters.") :]: v for k, v in tensors.items() if k.startswith("adapters.")}
+    fresh.adapters.load_state_dict(adapters_sd)
+    _restore_optimizer("expert_opt", fresh.expert_opt, tensors, meta)
+    if fresh.router_opt is not None:
+        _restore_optimizer("router_opt", fresh.router_opt, tensors, meta)
+    fresh.global_step = int(meta["global_step"])
+    fresh.extra = json.loads(meta["extra"])
+    return fresh
+
+
+def save_client_state(state: ClientState, path: Path) -> None:
+    tensors, meta = pack_client_state(state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=meta)
+    save_file(tensors, str(path), metadata=meta)
 
 
 def load_client_state(fresh: ClientState, path: Path) -> ClientState:
@@ -51,14 +70,7 @@ def load_client_state(fresh: ClientState, path: Path) -> ClientState:
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    adapters_sd = {k[len("adapters.") :]: v for k, v in tensors.items() if k.startswith("adapters.")}
-    fresh.adapters.load_state_dict(adapters_sd)
-    _restore_optimizer("expert_opt", fresh.expert_opt, tensors, meta)
-    if fresh.router_opt is not None:
-        _restore_optimizer("router_opt", fresh.router_opt, tensors, meta)
-    fresh.global_step = int(meta["global_step"])
-    fresh.extra = json.loads(meta["extra"])
-    return fresh
+    return unpack_client_state(fresh, tensors, meta)
 
 
 class ClientStore:
@@ -100,6 +112,21 @@ class ClientStore:
             return
         save_client_state(self._memory.pop(client), self._path(client))
         self._on_disk.add(client)
+
+    def fresh(self, client: int) -> ClientState:
+        """A newly built state for the client (not stored): the shape to unpack a saved one into."""
+        return self._make(client)
+
+    def put(self, client: int, state: ClientState) -> None:
+        """Replace the client's state (a remote worker trained it), then release it as usual."""
+        self._on_disk.discard(client)
+        self._memory[client] = state
+        self.release(client)
+
+    def forget(self, client: int) -> None:
+        """Drop the client's state from this store (a worker replica after returning it)."""
+        self._memory.pop(client, None)
+        self._on_disk.discard(client)
 
     def snapshot(self) -> dict[int, ClientState | Path]:
         """Every client's state: in memory, or the path of its spilled file (for a checkpoint)."""

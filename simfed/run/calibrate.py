@@ -1,20 +1,25 @@
 """`simfed calibrate`: measure real local steps on this host and fit its effective FLOP/s.
 
-One calibration times the real expert step of one method kind — `train_locally` with one local
-step: forward, cross-entropy (+ λ·load balancing for CoMiGS, + the self-pruning term for HetLoRA),
-backward with a frozen base, AdamW step — on random token windows of `batch_size` × `seq_len`,
-after `warmup` untimed steps, `steps` timed ones (median). The fitted figure is
+One calibration times the real expert step of one or more method shapes — `train_locally` with
+one local step: forward, cross-entropy (+ λ·load balancing for CoMiGS, + the self-pruning term for
+HetLoRA), backward with a frozen base, AdamW step — on random token windows of `batch_size` ×
+`seq_len`, after `warmup` untimed steps, `steps` timed ones (median). The host is then fitted as
 
-    effective FLOP/s = step_flops(dims, shape, batch, seq_len) / median measured step time
+    step time = FLOPs / F  +  activation bytes / B
 
-(`simfed.learn.flops`), the same number the simulated world divides FLOPs by. It is written as a
-device tier ("this_host" unless `--tier` says otherwise) into a user tiers file, which scenarios
-use through `$SIMFED_PROFILES` (see simfed/sim/profiles.py). `predict` then turns any method's
-FLOPs into a predicted step time, which `compare` checks against measurement.
+(`simfed.learn.flops`: matmul FLOPs, and the memory traffic of element-wise work, which FLOP
+counters ignore but which grows with the number of experts). From one measured shape only F is
+fitted (B = ∞: the FLOP/s is all-in); from shapes with different expert counts (e.g. fedavg, E=1,
+and comigs-1g3s, E=4) both, by least squares. F and B are what the simulated world divides a
+round's FLOPs and activation bytes by; they are written as a device tier ("this_host" unless
+`--tier` says otherwise) into a user tiers file, which scenarios use through `$SIMFED_PROFILES`
+(see simfed/sim/profiles.py). `--check` measures other shapes, held out of the fit, and compares
+them with the prediction.
 
 Shapes per kind: comigs = 1G1S (2 MLP experts of rank r, top-2, attention LoRA r, router);
-hetlora = one LoRA of rank r everywhere (its self-pruning regulariser included); fedavg = one LoRA
-of rank r. Measurements need an otherwise idle machine: intra-op threads are fixed (`threads`).
+comigs-1g3s = 4 MLP experts; hetlora = one LoRA of rank r everywhere (its self-pruning regulariser
+included); fedavg = one LoRA of rank r. Measurements need an otherwise idle machine: intra-op
+threads are fixed (`threads`).
 """
 from __future__ import annotations
 
@@ -33,13 +38,14 @@ import yaml
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape, DeviceAdapters
 from simfed.learn.base_model import load_base_model
-from simfed.learn.flops import ModelDims, step_flops
+from simfed.learn.flops import ModelDims, step_activation_bytes, step_flops
 from simfed.learn.local_update import Recipe, new_client_state, train_locally
 from simfed.learn.lora import StackedLoRA
 from simfed.learn.model_card import load_card
 
-CALIBRATE_KINDS = ("comigs", "hetlora", "fedavg")
-DEFAULT_RANK = {"comigs": 8, "hetlora": 16, "fedavg": 8}
+CALIBRATE_KINDS = ("comigs", "comigs-1g3s", "hetlora", "fedavg")
+DEFAULT_RANK = {"comigs": 8, "comigs-1g3s": 8, "hetlora": 16, "fedavg": 8}
+EXPERTS = {"comigs": 2, "comigs-1g3s": 4, "hetlora": 1, "fedavg": 1}
 DEFAULT_TIERS_FILE = Path("~/.config/simfed/tiers.yaml")
 # Energy of the calibrated tier is not measured: an assumption in the range of the laptop tier [A].
 ASSUMED_JOULES_PER_FLOP = 1.2e-11
@@ -58,6 +64,7 @@ class Measurement:
     threads: int
     flops: float  # step_flops of one step
     times_s: tuple[float, ...]  # the timed steps, seconds
+    activation_bytes: float = 0.0  # step_activation_bytes of one step
 
     @property
     def median_s(self) -> float:
@@ -68,10 +75,43 @@ class Measurement:
         return self.flops / self.median_s
 
 
+@dataclass(frozen=True)
+class HostFit:
+    """This host as the cost model sees it: step time = FLOPs / F + activation bytes / B."""
+
+    flops_per_s: float  # F
+    activation_bytes_per_s: float  # B; 0 = not fitted (F is then all-in)
+
+    def predict(self, flops: float, activation_bytes: float) -> float:
+        seconds = flops / self.flops_per_s
+        if self.activation_bytes_per_s > 0:
+            seconds += activation_bytes / self.activation_bytes_per_s
+        return seconds
+
+
+def fit_host(measurements: list[Measurement]) -> HostFit:
+    """Least-squares fit of F and B to the median step times, in relative terms (each shape's
+    equation t_i = flops_i/F + bytes_i/B is divided by t_i, so fast and slow shapes weigh alike).
+
+    B needs shapes whose activation bytes per FLOP differ (different expert counts); otherwise,
+    or if the two-term fit comes out non-physical (a negative term: noise), F alone is fitted."""
+    ones = np.ones(len(measurements))
+    flops = np.array([[m.flops / m.median_s] for m in measurements])
+    inv_f = float(np.linalg.lstsq(flops, ones, rcond=None)[0][0])
+    single = HostFit(1.0 / inv_f, 0.0)
+    if len({round(m.activation_bytes / m.flops, 12) for m in measurements}) < 2:
+        return single
+    both = np.array([[m.flops / m.median_s, m.activation_bytes / m.median_s] for m in measurements])
+    (inv_f, inv_b), *_ = np.linalg.lstsq(both, ones, rcond=None)
+    if inv_f <= 0 or inv_b <= 0:
+        return single
+    return HostFit(1.0 / float(inv_f), 1.0 / float(inv_b))
+
+
 def method_shape(kind: str, rank: int) -> AdapterShape:
     if kind not in CALIBRATE_KINDS:
         raise ValueError(f"calibrate supports {', '.join(CALIBRATE_KINDS)}, not {kind!r}")
-    return AdapterShape(2, rank, rank) if kind == "comigs" else AdapterShape(1, rank, rank)
+    return AdapterShape(EXPERTS[kind], rank, rank)
 
 
 def _hetlora_regulariser(rank: int, lam: float = 5e-3, gamma: float = 0.99):
@@ -113,7 +153,7 @@ def measure_many(model: AdaptedModel, model_name: str, methods: list[tuple[str, 
         generator = torch.Generator(device=dev).manual_seed(i)
         adapters = model.new_adapters(shape, generator)
         recipe = Recipe(local_steps=1, batch_size=batch_size, seq_len=seq_len, lr=2e-3,
-                        lb_lambda=0.01 if kind == "comigs" else 0.0, tau=1 << 30)
+                        lb_lambda=0.01 if kind.startswith("comigs") else 0.0, tau=1 << 30)
         regulariser = _hetlora_regulariser(rank) if kind == "hetlora" else None
         runs.append((kind, rank, shape, recipe, new_client_state(adapters, recipe), regulariser,
                      np.random.default_rng(1), []))
@@ -129,7 +169,8 @@ def measure_many(model: AdaptedModel, model_name: str, methods: list[tuple[str, 
                 times.append(time.perf_counter() - start)
     dims = ModelDims.of(model)
     return [Measurement(model_name, kind, rank, batch_size, seq_len, str(dev), threads,
-                        step_flops(dims, shape, batch_size, seq_len, "experts"), tuple(times))
+                        step_flops(dims, shape, batch_size, seq_len, "experts"), tuple(times),
+                        step_activation_bytes(dims, shape, batch_size, seq_len))
             for kind, rank, shape, _recipe, _state, _reg, _rng, times in runs]
 
 
@@ -139,9 +180,6 @@ def load_adapted(model_name: str, device: str = "auto", threads: int = 2) -> Ada
     return AdaptedModel(load_base_model(load_card(model_name), resolve_device(device)))
 
 
-def predict_seconds(flops: float, flops_per_s: float) -> float:
-    """The FLOPs model's step time: FLOPs / calibrated effective FLOP/s."""
-    return flops / flops_per_s
 
 
 def host_memory_gb() -> float:
@@ -151,19 +189,23 @@ def host_memory_gb() -> float:
         return 8.0
 
 
-def tier_row(m: Measurement) -> dict:
+def tier_row(fit: HostFit, basis: list[Measurement]) -> dict:
     """The calibrated tier in the format of simfed/profiles/tiers.yaml."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return {
-        "flops_per_s": float(f"{m.flops_per_s:.4g}"),
+    m = basis[0]
+    shapes = ", ".join(f"{b.kind} rank {b.rank} ({b.median_s * 1e3:.1f} ms)" for b in basis)
+    row = {
+        "flops_per_s": float(f"{fit.flops_per_s:.4g}"),
         "memory_gb": [round(host_memory_gb(), 1)],
         "joules_per_flop": ASSUMED_JOULES_PER_FLOP,
         "sigma": 0.0,
         "source": (f"simfed calibrate on {platform.node() or 'this host'} ({platform.processor() or platform.machine()}, "
-                   f"{m.device}, {m.threads} threads), {when}: {m.model} {m.kind} rank {m.rank}, "
-                   f"batch {m.batch_size} x {m.seq_len}, median of {len(m.times_s)} steps "
-                   f"{m.median_s * 1e3:.1f} ms [M]; memory = host RAM [M]; energy [A]"),
+                   f"{m.device}, {m.threads} threads), {when}: {m.model}, batch {m.batch_size} x {m.seq_len}, "
+                   f"medians of {len(m.times_s)} steps: {shapes} [M]; memory = host RAM [M]; energy [A]"),
     }
+    if fit.activation_bytes_per_s > 0:
+        row["activation_bytes_per_s"] = float(f"{fit.activation_bytes_per_s:.4g}")
+    return row
 
 
 def write_tier(path: Path, name: str, row: dict) -> Path:
@@ -184,9 +226,9 @@ def summary(m: Measurement) -> dict:
     return d
 
 
-def check_prediction(calibrated: Measurement, measured: Measurement) -> tuple[float, float, float]:
-    """(predicted s, measured s, relative error) of `measured`'s step from `calibrated`'s FLOP/s."""
-    predicted = predict_seconds(measured.flops, calibrated.flops_per_s)
+def check_prediction(fit: HostFit, measured: Measurement) -> tuple[float, float, float]:
+    """(predicted s, measured s, relative error) of `measured`'s step from the fitted host."""
+    predicted = fit.predict(measured.flops, measured.activation_bytes)
     error = predicted / measured.median_s - 1.0
     assert math.isfinite(error)
     return predicted, measured.median_s, error

@@ -196,7 +196,8 @@ class MethodCheckpoint:
     # ------------------------------------------------------------ as the run goes
 
     def log_cost(self, device: int, round_index: int, cost: RoundCost) -> None:
-        self._costs.write(json.dumps([device, round_index, cost.download_bytes, cost.upload_bytes, cost.flops]) + "\n")
+        self._costs.write(json.dumps([device, round_index, cost.download_bytes, cost.upload_bytes, cost.flops,
+                                      cost.activation_bytes]) + "\n")
 
     def save(self, round_index: int, method: Any, workload: Any) -> None:
         """Checkpoint at the end of `round_index` (after its evaluation was written)."""
@@ -286,11 +287,11 @@ class Replay:
         if not self.queue:
             raise ResumeError("resume: the replay asks for more costs than the run recorded "
                               "(the scenario or simfed changed since the run started?)")
-        d, r, down, up, flops = self.queue.popleft()
+        d, r, down, up, flops, *traffic = self.queue.popleft()  # traffic: absent in older cost logs
         if (d, r) != (device, round_index):
             raise ResumeError(f"resume: the replay picks device {device} in round {round_index}, the run "
                               f"picked device {d} in round {r} (the scenario or simfed changed?)")
-        return RoundCost(down, up, flops)
+        return RoundCost(down, up, flops, traffic[0] if traffic else 0.0)
 
     def finish(self, workload: Any) -> None:
         """The checkpointed round has ended: the workload takes over for real from here."""

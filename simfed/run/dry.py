@@ -34,9 +34,9 @@ from simfed.errors import SimfedError
 from simfed.learn.adapters import AdapterShape
 from simfed.learn.base_model import cache_root, load_base_model
 from simfed.learn.budget import experts_for_budget, rank_for_budget
-from simfed.learn.flops import ModelDims, round_flops, router_phases_in_round
+from simfed.learn.flops import ModelDims, round_activation_bytes, round_flops, router_phases_in_round
 from simfed.learn.lora import linear_dims
-from simfed.learn.memory import memory_need
+from simfed.learn.memory import SHRINK_STEPS, memory_need
 from simfed.learn.model_card import ModelCard, load_card
 from simfed.learn.spec import MethodSpec, TrainingSpec
 from simfed.run.payload import element_size
@@ -100,6 +100,7 @@ class DryMethod:
     spec: MethodSpec
     training: TrainingSpec
     dims: ModelDims
+    memory_policy: str = "ignore"
 
     def __post_init__(self) -> None:
         if self.spec.kind not in DRY_KINDS:
@@ -107,8 +108,21 @@ class DryMethod:
                               f"not {self.spec.kind!r}")
 
     def shape(self, device: DeviceProfile) -> AdapterShape:
-        """The device's adapters, by the same rule as the real method's `setup`."""
-        s, memory, speed = self.spec, float(device.memory_bytes), device.flops_per_s
+        """The device's adapters, by the same rule as the real method's `setup` (and, with
+        memory_policy shrink, the same halving of its memory figure until the training fits)."""
+        memory = float(device.memory_bytes)
+        shape = self._shape_for(memory, device.flops_per_s)
+        if self.memory_policy == "shrink":
+            t = self.training
+            for _ in range(SHRINK_STEPS):
+                if memory_need(self.dims, shape, t.batch_size, t.seq_len).total <= device.memory_bytes:
+                    break
+                memory /= 2
+                shape = self._shape_for(memory, device.flops_per_s)
+        return shape
+
+    def _shape_for(self, memory: float, speed: float) -> AdapterShape:
+        s = self.spec
         if s.kind == "comigs":
             experts = experts_for_budget(memory, speed, s.max_experts) if s.variant == "1gxs" else 2
             return AdapterShape(experts, s.rank, s.rank)
@@ -133,6 +147,11 @@ class DryMethod:
         t, s = self.training, self.spec
         phases = router_phases_in_round(global_step, t.local_steps, s.tau) if shape.n_experts > 1 else 0
         return round_flops(self.dims, shape, t.batch_size, t.seq_len, t.local_steps, phases, s.router_steps)
+
+    def round_activation_bytes(self, shape: AdapterShape, global_step: int) -> float:
+        t, s = self.training, self.spec
+        phases = router_phases_in_round(global_step, t.local_steps, s.tau) if shape.n_experts > 1 else 0
+        return round_activation_bytes(self.dims, shape, t.batch_size, t.seq_len, t.local_steps, phases, s.router_steps)
 
 
 @dataclass
@@ -159,7 +178,9 @@ class DryWorkload:
     def cost(self, device: int, round_index: int) -> RoundCost:
         shape = self.method.shape(self.fleet[device])
         nbytes = self._bytes(shape)
-        return RoundCost(nbytes, nbytes, self.method.round_flops(shape, self.steps.get(device, 0)))
+        step = self.steps.get(device, 0)
+        return RoundCost(nbytes, nbytes, self.method.round_flops(shape, step),
+                         self.method.round_activation_bytes(shape, step))
 
     def memory_need(self, device: int) -> int:
         """Bytes the device needs to train its shape (simfed/learn/memory.py)."""
@@ -189,7 +210,7 @@ def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
     from simfed.run.trace import TraceWriter
 
     dims = model_dims(load_card(scenario.model))
-    methods = [DryMethod(spec, scenario.training, dims) for spec in scenario.methods]
+    methods = [DryMethod(spec, scenario.training, dims, scenario.world.memory_policy) for spec in scenario.methods]
     with (
         RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds) as run,
         TraceWriter(run.path / "trace.json") as trace,

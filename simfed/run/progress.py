@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, TextIO
+from typing import Any, Mapping
 
 from rich.console import Console
 from rich.live import Live

@@ -11,9 +11,11 @@ streams — the same availability, dropout and noise draws.
 """
 from __future__ import annotations
 
+import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -22,11 +24,12 @@ from simfed.data.federated import UserData, build_federation
 from simfed.learn.adapters import AdaptedModel
 from simfed.learn.base_model import load_base_model
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
-from simfed.learn.memory import memory_need
+from simfed.learn.memory import SHRINK_STEPS, memory_need
 from simfed.learn.methods.base import Budget, ClientInfo, LocalPlan, Method, Update
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
 from simfed.run.dry import run_dry
+from simfed.run.executor import Job, make_executor
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
 from simfed.run.checkpoint import Checkpoints, ResumeError
 from simfed.run.results import RunDirectory
@@ -73,58 +76,84 @@ class MethodWorkload:
     checkpoint: Any = None  # a MethodCheckpoint: costs logged, state saved at every round end (resume)
     replay: Any = None  # a Replay while the engine re-runs the rounds before a checkpoint: no real work
     trained: set[int] = field(default_factory=set)  # devices that trained since the last checkpoint
+    executor: Any = None  # simfed/run/executor.py; None = in process, one job at a time
+    jobs: dict[int, Job] = field(default_factory=dict)  # device → local update decided, not yet run
+    discarded: set[int] = field(default_factory=set)  # pending jobs whose update the server will never merge
 
     @property
     def dtype(self) -> str:
         return self.scenario.training.payload_dtype
 
+    def run_jobs(self, device: int | None = None) -> None:
+        """Run the held-back local updates (all of them; with `device`, only if it has one pending).
+
+        Updates are held back until something needs them, so that an executor can run a round's
+        updates side by side. Anything that reads a device's state (its cost, its download, a new
+        update) first runs that device's pending update; aggregation, evaluation and checkpoints
+        run them all. The order of jobs is the order the engine decided them."""
+        if not self.jobs or (device is not None and device not in self.jobs):
+            return
+        jobs = list(self.jobs.values())
+        self.jobs.clear()
+        updates = self.executor.run(jobs) if self.executor is not None else [
+            self.method.local_update(j.client, j.received, j.plan) for j in jobs]
+        for job, update in zip(jobs, updates):
+            self.training_calls += 1
+            self.trained.add(job.client)
+            self._accept(job, update)
+
+    def _accept(self, job: Job, update: Update) -> None:
+        device = job.client
+        if device in self.discarded:  # dropped mid-upload or too stale: trained, never merged
+            self.discarded.discard(device)
+            self.bases.pop(device, None)
+            return
+        expected = shapes_bytes(self.method.upload_shapes(device), self.dtype)
+        sent = payload_bytes(update.upload, self.dtype)
+        if sent != expected:  # the engine already charged `expected` bytes: they must agree
+            raise RuntimeError(f"{self.method.name}: device {device} uploads {sent} bytes, costed {expected}")
+        upload = travel(update.upload, self.dtype)
+        self.updates[device] = (job.plan.round_index, Update(device, upload, update.n_tokens, update.train_loss, update.extra))
+
     def cost(self, device: int, round_index: int) -> RoundCost:
         if self.replay is not None:
             return self.replay.cost(device, round_index)
+        self.run_jobs(device)
         cost = RoundCost(
             download_bytes=shapes_bytes(self.method.download_shapes(device), self.dtype),
             upload_bytes=shapes_bytes(self.method.upload_shapes(device), self.dtype),
             flops=self.method.round_flops(device),
+            activation_bytes=self.method.round_activation_bytes(device),
         )
         if self.checkpoint is not None:
             self.checkpoint.log_cost(device, round_index, cost)
         return cost
 
     def memory_need(self, device: int) -> int | None:
-        """Bytes the device needs to train its adapters (simfed/learn/memory.py); None for a method
-        without per-device adapter shapes (it is then taken as fitting)."""
-        fed = getattr(self.method, "fed", None)
-        shape = getattr(fed, "shapes", {}).get(device) if fed is not None else None
-        if shape is None:
-            return None
-        t = self.scenario.training
-        return memory_need(fed.dims, shape, t.batch_size, t.seq_len).total
+        return method_memory_need(self.method, self.scenario.training, device)
 
     def on_download(self, device: int, round_index: int) -> None:
         if self.replay is not None:
             return
+        self.run_jobs(device)
         self.pending[device] = travel(self.method.download(device), self.dtype)
 
     def on_compute_done(self, device: int, round_index: int) -> None:
+        """The device's compute ends in simulated time: its local update is decided (run later,
+        by `run_jobs`, with whatever else is pending)."""
         if self.replay is not None:
             return
-        self.trained.add(device)
-        expected = shapes_bytes(self.method.upload_shapes(device), self.dtype)
+        self.run_jobs(device)
         plan = LocalPlan(round_index, self.scenario.world.server.rounds, self.seed)
         received = self.pending.pop(device)
         if self.scenario.world.server.policy != "sync":  # the async merge needs the delta's base
             self.bases[device] = {k: v.clone() for k, v in received.items()}
-        update = self.method.local_update(device, received, plan)
-        self.training_calls += 1
-        sent = payload_bytes(update.upload, self.dtype)
-        if sent != expected:  # the engine already charged `expected` bytes: they must agree
-            raise RuntimeError(f"{self.method.name}: device {device} uploads {sent} bytes, costed {expected}")
-        upload = travel(update.upload, self.dtype)
-        self.updates[device] = (round_index, Update(device, upload, update.n_tokens, update.train_loss, update.extra))
+        self.jobs[device] = Job(device, received, plan)
 
     def on_aggregate(self, round_index: int, devices: list[int], weights: list[float] | None = None) -> None:
         if self.replay is not None:
             return
+        self.run_jobs()
         if weights is not None:  # FedBuff/FedAsync: buffered deltas, each from the payload its device downloaded
             accepted = [self.updates.pop(d)[1] for d in devices]
             self.method.aggregate_async(accepted, [self.bases.pop(d) for d in devices], list(weights), round_index)
@@ -138,6 +167,8 @@ class MethodWorkload:
     def on_event(self, event: SimEvent) -> None:
         """An observer: an update whose device dropped (mid-upload) or that came too stale is never merged."""
         if self.replay is None and event.kind in ("dropped", "stale") and event.device is not None:
+            if event.device in self.jobs:  # it still trains (its private state keeps that), unmerged
+                self.discarded.add(event.device)
             self.updates.pop(event.device, None)
             self.bases.pop(event.device, None)
 
@@ -146,6 +177,7 @@ class MethodWorkload:
             if round_index == self.replay.round:
                 self.replay.finish(self)  # the in-flight state as checkpointed; real work from here
             return
+        self.run_jobs()
         rounds = self.scenario.world.server.rounds
         done = round_index + 1
         if done % self.scenario.training.eval_every == 0 or done == rounds:
@@ -163,6 +195,38 @@ class MethodWorkload:
         if self.scenario.training.save_routing:  # opt-in analysis: per-layer routing weights
             from simfed.learn.routing import ROUTING_FILE, record_routing
             record_routing(self.run.path / ROUTING_FILE, self.method, self.seed, round_done, self.n_clients)
+
+
+def method_memory_need(method: Method, training: Any, device: int) -> int | None:
+    """Bytes the device needs to train its adapters (simfed/learn/memory.py); None for a method
+    without per-device adapter shapes (it is then taken as fitting)."""
+    fed = getattr(method, "fed", None)
+    shape = getattr(fed, "shapes", {}).get(device) if fed is not None else None
+    if shape is None:
+        return None
+    return memory_need(fed.dims, shape, training.batch_size, training.seq_len).total
+
+
+def setup_method(spec: Any, training: Any, model: AdaptedModel, clients: list[ClientInfo], seed: int,
+                 fleet: list[DeviceProfile], memory_policy: str) -> tuple[Method, list[ClientInfo]]:
+    """Build and set up the method; with memory_policy `shrink`, size each device whose training
+    does not fit its RAM as if it had half the memory, again, until it fits or its size stops
+    shrinking (at most SHRINK_STEPS halvings; the engine then excludes it). Returns the method and the clients it was set up with
+    (their budgets as the method saw them)."""
+    method = build_method(spec, training, model)
+    method.setup(clients, seed)
+    if memory_policy != "shrink":
+        return method, clients
+    for _ in range(SHRINK_STEPS):
+        needs = {c.client_id: method_memory_need(method, training, c.client_id) for c in clients}
+        too_big = {c for c, n in needs.items() if n is not None and n > fleet[c].memory_bytes}
+        if not too_big:
+            break
+        clients = [dataclasses.replace(c, budget=Budget(c.budget.memory_bytes / 2, c.budget.flops_per_s))
+                   if c.client_id in too_big else c for c in clients]
+        method = build_method(spec, training, model)
+        method.setup(clients, seed)
+    return method, clients  # devices that still do not fit (even the smallest size): the engine excludes them
 
 
 def evaluate_all(method: Method, n_clients: int) -> Evaluation:
@@ -190,6 +254,14 @@ def clients_of(fleet: list[DeviceProfile], users: list[UserData]) -> list[Client
     return [ClientInfo(d.device_id, Budget(float(d.memory_bytes), d.flops_per_s), users[d.device_id]) for d in fleet]
 
 
+@contextmanager
+def _closing(executor: Any) -> Iterator[Any]:
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
 def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None, seeds: list[int], view: Any,
                  resume: Path | None = None) -> Path:
     """Run every method of `scenario` for every seed; returns the run directory.
@@ -205,7 +277,8 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
         return run_dry(scenario, out_root, seeds, view)
     if training.threads:
         torch.set_num_threads(training.threads)
-    base = load_base_model(load_card(scenario.model), pick_device(training.device))
+    card = load_card(scenario.model)
+    base = load_base_model(card, pick_device(training.device))
     model = AdaptedModel(base)
     if resume is None:
         run = RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds)
@@ -213,7 +286,8 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
     else:
         checkpoints = Checkpoints.reopen(resume, seeds)
         run = checkpoints.run
-    with run, TraceWriter(run.path / "trace.json") as trace:
+    executor = make_executor(scenario.executor, card, training)
+    with run, TraceWriter(run.path / "trace.json") as trace, _closing(executor):
         if resume is not None:  # the timeline so far, redrawn from the events kept
             trace.add_events(read_events(run.path))
         for seed in seeds:
@@ -225,8 +299,9 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
             clients = clients_of(fleet, users)
             pretrained = None
             for index, spec in todo:
-                method = build_method(spec, training, model)
-                method.setup(clients, seed)
+                method, sized = setup_method(spec, training, model, clients, seed, fleet,
+                                             scenario.world.memory_policy)
+                executor.bind(method, index, sized, seed)
                 saved = checkpoints.method(index, spec.name, seed)
                 if saved.round is None:
                     checkpoints.restore_rng_once()  # a resumed run's first fresh method: RNG as checkpointed
@@ -234,7 +309,7 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
                         pretrained = evaluate_pretrained(model, users, training.seq_len, training.eval_windows)
                 try:
                     run_method(scenario, method, seed, fleet, pretrained, run, view, [trace.observer(spec.name, seed)],
-                               checkpoint=saved)
+                               checkpoint=saved, executor=executor)
                 finally:
                     saved.close()
                 checkpoints.finished(index, seed)
@@ -244,14 +319,15 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
 def run_method(
     scenario: Scenario, method: Method, seed: int, fleet: list[DeviceProfile],
     pretrained: Evaluation | None, run: RunDirectory, view: Any, observers: list[Callable[[SimEvent], None]] = (),
-    checkpoint: Any = None,
+    checkpoint: Any = None, executor: Any = None,
 ) -> MethodWorkload:
     """Run one method for one seed. With a `checkpoint` (simfed/run/checkpoint.py) the costs are
     logged and the state saved at every round end; if it holds a saved round, the run resumes
     there: the engine replays the rounds before it without real work or output (`Replay`)."""
     view.on_method_start(method.name, seed)
     tally = Tally()
-    workload = MethodWorkload(method, scenario, seed, run, tally, view, n_clients=len(fleet), checkpoint=checkpoint)
+    workload = MethodWorkload(method, scenario, seed, run, tally, view, n_clients=len(fleet), checkpoint=checkpoint,
+                              executor=executor)
     if checkpoint is not None and checkpoint.round is not None:
         workload.replay = checkpoint.load(method)
 
@@ -273,6 +349,9 @@ def run_method(
         raise ResumeError(f"resume: {method.name} seed {seed}: the replay never reached round {workload.replay.round}")
     stats = tally.as_summary()
     stats["training_calls"] = workload.training_calls
+    # updates decided after the last evaluation (stragglers still computing): nothing measured
+    # depends on them, so they are never run (their time, bytes and energy are in the tally)
+    stats["training_skipped"] = len(workload.jobs)
     if scenario.world.memory_policy != "ignore":
         stats["memory_excluded"] = len(engine.excluded)  # devices never selected: the training does not fit
     run.finish_method(method.name, seed, stats, measured_model=method.measured_model)

@@ -28,9 +28,17 @@ def bytes_moved(nbytes: int, bps: float, latency_s: float, elapsed_s: float) -> 
     return min(nbytes, moved)
 
 
-def compute_seconds(flops: float, flops_per_s: float, slowdown: float) -> float:
-    """Time of `flops` on a device of `flops_per_s`, stretched by this round's `slowdown`."""
-    return flops / flops_per_s * slowdown
+def compute_seconds(flops: float, flops_per_s: float, slowdown: float,
+                    activation_bytes: float = 0.0, activation_bytes_per_s: float = 0.0) -> float:
+    """Time of `flops` on a device of `flops_per_s`, stretched by this round's `slowdown`.
+
+    With an effective activation bandwidth (a calibrated profile), the element-wise memory
+    traffic adds its own time: FLOPs / FLOP/s + bytes / (bytes/s), a two-term roofline sum.
+    A profile without one (0) charges FLOPs alone, its FLOP/s being an all-in effective figure."""
+    seconds = flops / flops_per_s
+    if activation_bytes_per_s > 0:
+        seconds += activation_bytes / activation_bytes_per_s
+    return seconds * slowdown
 
 
 def compute_slowdown(seed: int, device: int, round_index: int, sigma: float) -> float:

@@ -181,7 +181,8 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
         emit(SimEvent(env.now, "download_end", r, d, bytes=cost.download_bytes, seconds=spend.transfer.seconds,
                       energy_j=energy))
 
-        begin("compute", compute_seconds(cost.flops, profile.flops_per_s, slowdown), cost.flops)
+        begin("compute", compute_seconds(cost.flops, profile.flops_per_s, slowdown,
+                                          cost.activation_bytes, profile.activation_bytes_per_s), cost.flops)
         emit(SimEvent(env.now, "compute_start", r, d, planned_flops=cost.flops, planned_s=spend.planned_s))
         yield env.timeout(spend.planned_s)
         energy = cost.flops * profile.joules_per_flop

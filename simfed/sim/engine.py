@@ -64,7 +64,8 @@ class Engine:
         self.sim_time_s = env.now
 
     def _memory_excluded(self) -> list[int]:
-        """Devices that cannot hold the training (world.memory_policy: exclude), by the workload's
+        """Devices that cannot hold the training (world.memory_policy: exclude, or shrink after the
+        learning side has lowered their size), by the workload's
         `memory_need`; none when the policy is ignore or the workload cannot tell."""
         need = getattr(self.workload, "memory_need", None)
         if self.world.memory_policy == "ignore" or need is None:

@@ -27,6 +27,7 @@ class DeviceProfile:
     joules_per_byte_up: float  # radio energy per byte sent, J
     down_sigma_ln: float = 0.0  # within-user ln-sd of the downlink per round (link_trace); 0 = fixed rate
     up_sigma_ln: float = 0.0  # within-user ln-sd of the uplink per round (link_trace)
+    activation_bytes_per_s: float = 0.0  # effective bandwidth of element-wise work; 0 = folded into flops_per_s
 
     @property
     def joules_per_byte(self) -> float:
@@ -84,4 +85,6 @@ def _draw_device(device_id: int, group: DeviceGroupSpec, world: WorldSpec, seed:
         joules_per_byte_up=link.joules_per_byte_up,
         down_sigma_ln=down_sigma_ln,
         up_sigma_ln=up_sigma_ln,
+        # the device's compute factor scales its memory bandwidth too (one chip, one spread)
+        activation_bytes_per_s=tier.activation_bytes_per_s * flops_per_s / (group.flops_per_s or tier.flops_per_s),
     )

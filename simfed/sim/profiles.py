@@ -30,6 +30,7 @@ class TierProfile:
     joules_per_flop: float  # energy of one training FLOP, J
     sigma: float  # lognormal spread of a device's FLOP/s around the median (ln units)
     source: str  # where the numbers come from
+    activation_bytes_per_s: float = 0.0  # effective element-wise bandwidth (calibrated tiers); 0 = not modelled
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ def _tier(name: str, row: dict[str, Any]) -> TierProfile:
         joules_per_flop=_positive(name, "joules_per_flop", row["joules_per_flop"]),
         sigma=float(row["sigma"]),
         source=str(row["source"]),
+        activation_bytes_per_s=(_positive(name, "activation_bytes_per_s", row["activation_bytes_per_s"])
+                                if "activation_bytes_per_s" in row else 0.0),
     )
 
 

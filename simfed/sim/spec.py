@@ -1,6 +1,8 @@
 """The `world:` section of a scenario: fleet, availability, dropout and the server, validated."""
 from __future__ import annotations
 
+import os
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
@@ -10,6 +12,19 @@ from simfed.sim.profiles import load_links, load_tiers
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def expand_path(value: str | None) -> str | None:
+    """A data file's path with `~` and `$VARS` expanded, so that a shipped scenario can name a file
+    the user brings (`$SIMFED_TRACES/availability.json`); an unset variable is an error, not a
+    literal `$SIMFED_TRACES` directory."""
+    if value is None:
+        return None
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if "$" in expanded:
+        missing = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
+        raise ValueError(f"{value!r}: environment variable {', '.join(missing) or '?'} is not set")
+    return expanded
 
 
 class AlwaysOnSpec(_Strict):
@@ -34,8 +49,10 @@ class TraceSpec(_Strict):
     shifted to start at sim time 0 and repeats with period trace_end - trace_start."""
 
     kind: Literal["trace"]
-    path: str  # JSON file, relative to the working directory
+    path: str  # JSON file, relative to the working directory; ~ and $VARS are expanded
     offset_s: float = Field(0.0, ge=0)  # start this many seconds into each client's trace
+
+    _expand = field_validator("path")(classmethod(lambda cls, v: expand_path(v)))
 
 
 class DiurnalSpec(_Strict):
@@ -75,6 +92,8 @@ class DeviceGroupSpec(_Strict):
     compute_scores: str | None = None  # JSON phone list (AI-Benchmark format): FLOP/s = tier median × score / median score (simfed/sim/device_data.py)
     score_field: str = "CPU_F_AI_Score"  # which score of compute_scores' entries
     link_trace: str | None = None  # JSON per-user link speeds (FLASH format, kbit/s mean/sigma), varying per round (simfed/sim/device_data.py)
+
+    _expand = field_validator("compute_scores", "link_trace")(classmethod(lambda cls, v: expand_path(v)))
 
     @field_validator("tier")
     @classmethod
@@ -158,8 +177,10 @@ class WorldSpec(_Strict):
     device_spread_sigma: float | None = Field(None, ge=0)  # lognormal spread of FLOP/s within a tier (ln units); None = the tier's own (0.5)
     link_spread_sigma: float | None = Field(None, ge=0)  # lognormal spread of throughput across users (ln units); None = the link's own (0.9)
     # a device trains only if base model + adapters (+ grads, AdamW moments) + activations fit its RAM
-    # (simfed/learn/memory.py): ignore = never checked; exclude = the server never selects one that does not fit
-    memory_policy: Literal["ignore", "exclude"] = "ignore"
+    # (simfed/learn/memory.py): ignore = never checked; exclude = the server never selects one that does not fit;
+    # shrink = the method sizes the device as if it had less memory (fewer experts, lower rank) until its
+    # training fits, and excludes it only if even the smallest size does not
+    memory_policy: Literal["ignore", "exclude", "shrink"] = "ignore"
 
     @property
     def n_devices(self) -> int:

@@ -16,6 +16,7 @@ class RoundCost:
     download_bytes: int  # bytes the server sends the device
     upload_bytes: int  # bytes the device sends back if it finishes
     flops: float  # FLOPs of the device's local work this round
+    activation_bytes: float = 0.0  # element-wise memory traffic of that work (0: not modelled)
 
 
 class Workload(Protocol):

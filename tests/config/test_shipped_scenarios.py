@@ -24,8 +24,15 @@ def test_there_are_paper_studies():
         assert study in names and f"{study}_gpt2_hub" in names
 
 
+SHARED_TRACES = ROOT.parent / "shared" / "traces"  # the project's test traces (never committed here)
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
-def test_validates(path, capsys):
+def test_validates(path, capsys, monkeypatch):
+    if "$SIMFED_TRACES" in path.read_text():  # a scenario that replays a trace the user brings
+        if not SHARED_TRACES.is_dir():
+            pytest.skip("needs ../shared/traces (SIMFED_TRACES)")
+        monkeypatch.setenv("SIMFED_TRACES", str(SHARED_TRACES))
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
     assert capsys.readouterr().out.startswith("ok: ")
 
@@ -59,3 +66,10 @@ def test_twins_differ_only_in_model_data_and_labels():
         assert a.methods == b.methods and a.training == b.training and a.world == b.world
         assert [u.size("train") for u in a.data.users] == [u.size("train") for u in b.data.users]
         assert [bool(u.test_source) for u in a.data.users] == [bool(u.test_source) for u in b.data.users]
+
+
+def test_a_scenario_naming_an_unset_trace_folder_says_which_variable(monkeypatch, capsys):
+    monkeypatch.delenv("SIMFED_TRACES", raising=False)
+    assert main(["validate", str(ROOT / "scenarios" / "phones_diurnal_day_trace.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "SIMFED_TRACES is not set" in err and "phones_diurnal_day_trace.yaml:" in err

@@ -54,3 +54,49 @@ def test_exclude_never_selects_a_device_that_does_not_fit():
             assert selected == {0, 2, 4}
         else:
             assert selected & {1, 3, 5}
+
+
+def test_shrink_sizes_a_device_as_if_it_had_less_memory_until_its_training_fits(tiny_gpt2, monkeypatch):
+    """With a need of 2 GB per expert (patched), a 6 GB, 200 GFLOP/s device is sized for 4 experts
+    (score 0.75), which needs 8 GB; sized as a 3 GB device it gets 3 experts (6 GB): it fits. A
+    1 GB device cannot go below 1G1S (4 GB): shrink leaves it, and the engine excludes it."""
+    import dataclasses
+
+    import numpy as np
+
+    import simfed.run.runner as runner
+    from simfed.data.federated import UserData
+    from simfed.learn.methods.base import Budget, ClientInfo
+    from simfed.learn.spec import MethodSpec, TrainingSpec
+
+    monkeypatch.setattr(runner, "memory_need",
+                        lambda dims, shape, b, t: dataclasses.make_dataclass("N", [("total", int)])(2_000_000_000 * shape.n_experts))
+    tokens = np.arange(2000, dtype=np.int64) % 200
+    data = UserData(name="u", source="toy", train=tokens, val=tokens, test=tokens)
+    fleet = [dataclasses.replace(plain_device(0, 200e9), memory_bytes=6_000_000_000),
+             dataclasses.replace(plain_device(1, 200e9), memory_bytes=1_000_000_000)]
+    clients = [ClientInfo(d.device_id, Budget(float(d.memory_bytes), d.flops_per_s), data) for d in fleet]
+    training = TrainingSpec(local_steps=1, batch_size=2, seq_len=16)
+    comigs = MethodSpec(name="c", kind="comigs", variant="1gxs", max_experts=4)
+
+    ignored, _ = runner.setup_method(comigs, training, tiny_gpt2, clients, 0, fleet, "exclude")
+    assert [ignored.fed.shapes[c].n_experts for c in (0, 1)] == [4, 2]
+    method, sized = runner.setup_method(comigs, training, tiny_gpt2, clients, 0, fleet, "shrink")
+    assert [method.fed.shapes[c].n_experts for c in (0, 1)] == [3, 2]
+    assert sized[0].budget.memory_bytes == 3e9  # one halving
+
+
+def test_dry_mode_shrinks_by_the_same_rule(tiny_gpt2, monkeypatch):
+    import dataclasses
+
+    import simfed.run.dry as dry
+    from simfed.learn.spec import MethodSpec, TrainingSpec
+
+    monkeypatch.setattr(dry, "memory_need",
+                        lambda dims, shape, b, t: dataclasses.make_dataclass("N", [("total", int)])(2_000_000_000 * shape.n_experts))
+    device = dataclasses.replace(plain_device(0, 200e9), memory_bytes=6_000_000_000)
+    spec = MethodSpec(name="c", kind="comigs", variant="1gxs", max_experts=4)
+    training = TrainingSpec(local_steps=1, batch_size=2, seq_len=16)
+    dims = ModelDims.of(tiny_gpt2)
+    assert dry.DryMethod(spec, training, dims, "exclude").shape(device).n_experts == 4
+    assert dry.DryMethod(spec, training, dims, "shrink").shape(device).n_experts == 3

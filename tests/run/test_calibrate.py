@@ -27,7 +27,7 @@ def test_measure_times_real_steps_and_counts_their_flops(tiny, kind, rank, exper
     assert m.flops == step_flops(ModelDims.of(tiny), shape, 2, 16, "experts")
     assert len(m.times_s) == 3 and all(t > 0 for t in m.times_s)
     assert m.flops_per_s == pytest.approx(m.flops / m.median_s)
-    predicted, measured, error = cal.check_prediction(m, m)
+    predicted, measured, error = cal.check_prediction(cal.fit_host([m]), m)
     assert predicted == pytest.approx(measured) and error == pytest.approx(0.0, abs=1e-12)
 
 
@@ -45,7 +45,8 @@ def test_calibrate_writes_a_user_tier_scenarios_can_use(tmp_path, monkeypatch, c
     world = WorldSpec.model_validate({"fleet": [{"count": 2, "tier": "my_box", "link": "wifi_home"}]})
     assert world.fleet[0].tier == "my_box"
     # a second calibration keeps the file's other tiers
-    cal.write_tier(out, "other", cal.tier_row(cal.Measurement("m", "fedavg", 8, 1, 1, "cpu", 2, 1e9, (0.5,))))
+    basis = [cal.Measurement("m", "fedavg", 8, 1, 1, "cpu", 2, 1e9, (0.5,))]
+    cal.write_tier(out, "other", cal.tier_row(cal.fit_host(basis), basis))
     _load_tiers.cache_clear()  # the file changed under the same name
     assert {"my_box", "other"} <= set(load_tiers()) and load_tiers()["other"].flops_per_s == 2e9
 
@@ -59,3 +60,46 @@ def test_a_user_tier_may_not_replace_a_built_in(tmp_path, monkeypatch):
         load_tiers()
     monkeypatch.delenv(USER_PROFILES_ENV)
     assert load_tiers()["laptop"].flops_per_s == 2.5e12
+
+
+def test_two_shapes_fit_flops_and_activation_bandwidth_exactly():
+    """Step times made from known F and B are fitted back exactly, and a third shape predicted."""
+    f, b = 2.0e11, 8.0e9
+    def m(kind, flops, act):
+        return cal.Measurement("m", kind, 8, 4, 64, "cpu", 2, flops, (flops / f + act / b,) * 3, act)
+    fit = cal.fit_host([m("fedavg", 3.0e10, 2.0e8), m("comigs-1g3s", 3.3e10, 6.0e8)])
+    assert fit.flops_per_s == pytest.approx(f, rel=1e-9)
+    assert fit.activation_bytes_per_s == pytest.approx(b, rel=1e-9)
+    held_out = m("comigs", 3.1e10, 3.5e8)
+    predicted, measured, error = cal.check_prediction(fit, held_out)
+    assert predicted == pytest.approx(measured, rel=1e-9)
+    row = cal.tier_row(fit, [held_out])
+    assert row["activation_bytes_per_s"] == pytest.approx(b, rel=1e-3)
+
+
+def test_one_shape_kind_fits_flops_alone():
+    basis = [cal.Measurement("m", "fedavg", 8, 4, 64, "cpu", 2, 1e9, (0.5,), 1e8)]
+    fit = cal.fit_host(basis)
+    assert fit.flops_per_s == pytest.approx(2e9) and fit.activation_bytes_per_s == 0.0
+    assert "activation_bytes_per_s" not in cal.tier_row(fit, basis)
+
+
+def test_a_calibrated_bandwidth_adds_activation_time_in_the_simulated_world():
+    from simfed.sim.cost import compute_seconds
+    assert compute_seconds(2e9, 1e9, 1.0) == 2.0
+    assert compute_seconds(2e9, 1e9, 1.0, 4e8, 2e8) == pytest.approx(4.0)
+    assert compute_seconds(2e9, 1e9, 1.5, 4e8, 0.0) == pytest.approx(3.0)  # no bandwidth: FLOPs alone
+
+
+def test_a_tier_with_an_activation_bandwidth_reaches_every_device(tmp_path, monkeypatch):
+    from simfed.sim.fleet import build_fleet
+    path = tmp_path / "tiers.yaml"
+    path.write_text("box:\n  flops_per_s: 1.0e+11\n  activation_bytes_per_s: 5.0e+9\n  memory_gb: 8\n"
+                    "  joules_per_flop: 1.0e-11\n  sigma: 0.2\n  source: x\n")
+    monkeypatch.setenv(USER_PROFILES_ENV, str(path))
+    _load_tiers.cache_clear()
+    world = WorldSpec.model_validate({"fleet": [{"count": 3, "tier": "box", "link": "wifi_home"}]})
+    for device in build_fleet(world, 0):
+        # the device's compute spread scales both terms alike
+        assert device.activation_bytes_per_s / 5.0e9 == pytest.approx(device.flops_per_s / 1.0e11)
+    _load_tiers.cache_clear()

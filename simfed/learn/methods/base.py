@@ -106,6 +106,12 @@ class Method(ABC):
     def round_flops(self, client: int) -> float:
         """FLOPs of `client`'s local work in one round (expert steps and router phases)."""
 
+    def round_activation_bytes(self, client: int) -> float:
+        """Element-wise memory traffic of `client`'s local round (`simfed.learn.flops`); 0 = none.
+        The default is the federation's count for the client's adapter shape."""
+        fed = getattr(self, "fed", None)
+        return fed.round_activation_bytes(client) if fed is not None else 0.0
+
     def describe_client(self, client: int) -> str:
         """A short human label of the client's structure, e.g. '1G+3S r8' or 'rank 16'."""
         return ""
@@ -126,6 +132,38 @@ class Method(ABC):
         fed = getattr(self, "fed", None)
         if fed is not None:
             fed.load_state_dict(state)
+
+    # --- remote execution (simfed/run/executor.py) ----------------------------------------------
+    # A worker process holds a replica of the method, built and `setup` exactly like the driver's.
+    # One local update there must equal one here: the worker is sent the client's state and the
+    # little method state the update reads (`remote_context`), and gives back the new client
+    # state and what the update wrote of the method's own state (`remote_outcome`).
+    remote_ready: bool = True  # False: the method's local update cannot run on a replica
+
+    def export_client(self, client: int) -> tuple[dict, dict] | None:
+        """The client's state as (tensors, metadata), or None if it has none yet."""
+        fed = getattr(self, "fed", None)
+        return fed.export_client(client) if fed is not None else None
+
+    def import_client(self, client: int, packed: tuple[dict, dict] | None) -> None:
+        """Make `export_client`'s value the client's state (None: the client has none)."""
+        fed = getattr(self, "fed", None)
+        if fed is not None:
+            fed.import_client(client, packed)
+
+    def remote_context(self, client: int) -> dict:
+        """Method state, beyond the client's own, that `local_update(client, …)` reads."""
+        return {}
+
+    def apply_remote_context(self, client: int, context: dict) -> None:
+        """On a replica: take `remote_context`'s value before running the update."""
+
+    def remote_outcome(self, client: int) -> dict:
+        """On a replica, after the update: method state it wrote (it is then cleared there)."""
+        return {}
+
+    def absorb_remote_outcome(self, client: int, outcome: dict) -> None:
+        """On the driver: take `remote_outcome`'s value as if the update had run here."""
 
     measured_model: str = (
         "each device's local model after its last local update, before aggregation "

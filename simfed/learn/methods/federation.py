@@ -16,10 +16,10 @@ import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape, DeviceAdapters, copy_into
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
-from simfed.learn.flops import ModelDims, round_flops, router_phases_in_round
+from simfed.learn.flops import ModelDims, round_activation_bytes, round_flops, router_phases_in_round
 from simfed.learn.local_update import ClientState, Recipe, batch_rng, new_client_state, train_locally
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Split, Update
-from simfed.learn.store import ClientStore, pack_states, unpack_states
+from simfed.learn.store import ClientStore, pack_client_state, pack_states, unpack_client_state, unpack_states
 
 
 def torch_generator(seed: int, *keys: int) -> torch.Generator:
@@ -159,10 +159,33 @@ class AdapterFederation:
         self.server = unpack_states("server", state["tensors"], state["meta"])[0]
         self.store.restore(state["clients"])
 
-    def round_flops(self, client: int) -> float:
-        shape = self.shapes[client]
+    def export_client(self, client: int) -> tuple[dict, dict] | None:
+        state = self.store.peek(client)
+        if state is None:
+            return None
+        packed = pack_client_state(state)
+        self.store.release(client)
+        return packed
+
+    def import_client(self, client: int, packed: tuple[dict, dict] | None) -> None:
+        if packed is None:
+            self.store.forget(client)
+            return
+        self.store.put(client, unpack_client_state(self.store.fresh(client), *packed))
+
+    def _router_phases(self, client: int) -> int:
         state = self.store.peek(client)
         step = state.global_step if state is not None else 0
-        phases = router_phases_in_round(step, self.recipe.local_steps, self.recipe.tau) if shape.n_experts > 1 else 0
+        if self.shapes[client].n_experts <= 1:
+            return 0
+        return router_phases_in_round(step, self.recipe.local_steps, self.recipe.tau)
+
+    def round_flops(self, client: int) -> float:
         r = self.recipe
-        return round_flops(self.dims, shape, r.batch_size, r.seq_len, r.local_steps, phases, r.router_steps)
+        return round_flops(self.dims, self.shapes[client], r.batch_size, r.seq_len, r.local_steps,
+                           self._router_phases(client), r.router_steps)
+
+    def round_activation_bytes(self, client: int) -> float:
+        r = self.recipe
+        return round_activation_bytes(self.dims, self.shapes[client], r.batch_size, r.seq_len, r.local_steps,
+                                      self._router_phases(client), r.router_steps)

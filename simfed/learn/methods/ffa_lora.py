@@ -82,6 +82,18 @@ class FFALoRA(Method):
         upload = {n: t for n, t in update.upload.items() if not is_lora_a(n)}
         return Update(client, upload, update.n_tokens, update.train_loss, update.extra)
 
+    def remote_context(self, client: int) -> dict:
+        return {"has_a": client in self.has_a}
+
+    def apply_remote_context(self, client: int, context: dict) -> None:
+        (self.has_a.add if context["has_a"] else self.has_a.discard)(client)
+
+    def remote_outcome(self, client: int) -> dict:
+        return {"has_a": client in self.has_a}
+
+    def absorb_remote_outcome(self, client: int, outcome: dict) -> None:
+        self.apply_remote_context(client, outcome)
+
     def aggregate(self, updates: list[Update], round_index: int) -> None:
         if updates:  # the server's A never changes: no upload carries it
             self.fed.mean_into_server(updates, self.fed.client_weights(updates, self.spec.aggregation_weights))

@@ -158,6 +158,18 @@ class HetLoRA(Method):
     def describe_client(self, client: int) -> str:
         return f"rank {self.ranks[client]}"
 
+    def remote_context(self, client: int) -> dict:
+        return {"rank": self.ranks[client]}
+
+    def apply_remote_context(self, client: int, context: dict) -> None:
+        self.ranks[client] = int(context["rank"])
+
+    def remote_outcome(self, client: int) -> dict:
+        return {"received": self._received.pop(client)}  # self-pruning compares against it at aggregation
+
+    def absorb_remote_outcome(self, client: int, outcome: dict) -> None:
+        self._received[client] = outcome["received"]
+
     def state_dict(self) -> dict:
         state = self.fed.state_dict()
         state["meta"]["ranks"] = sorted(self.ranks.items())

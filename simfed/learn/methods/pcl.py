@@ -134,6 +134,20 @@ class PCL(Method):
     def describe_client(self, client: int) -> str:
         return f"LoRA r{self.spec.rank}, PCL"
 
+    def remote_context(self, client: int) -> dict:
+        return {"round": self.round}
+
+    def apply_remote_context(self, client: int, context: dict) -> None:
+        self.round = int(context["round"])
+
+    def remote_outcome(self, client: int) -> dict:
+        mixing = self.mixing.pop(client, None)
+        return {} if mixing is None else {"mixing": mixing}
+
+    def absorb_remote_outcome(self, client: int, outcome: dict) -> None:
+        if "mixing" in outcome:
+            self.mixing[client] = outcome["mixing"]
+
     def state_dict(self) -> dict:
         state = self.fed.state_dict()
         state["meta"]["round"] = self.round

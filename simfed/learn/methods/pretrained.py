@@ -19,6 +19,7 @@ class Pretrained(Method):
 
     def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
         self.name = spec.name
+        self.spec = spec
         self.model = model
         self.seq_len = training.seq_len
         self.eval_windows = training.eval_windows

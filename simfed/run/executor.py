@@ -1,0 +1,193 @@
+"""Where local updates run: in this process (`local`) or on Ray workers (`ray`).
+
+Simulated time comes from the cost model, never from the training, so the runner can hold a
+round's local updates back and hand them over together (`Job`s) just before their results are
+needed — at an aggregation, an evaluation, a checkpoint, or when the same device is asked about
+again. Each job is a pure function of the client's state, the payload it received, the plan and a
+little method state (`Method.remote_context`), so running them one after the other here or side
+by side on replicas gives the same bits (same torch build, same thread count per process).
+
+The Ray executor keeps `workers` actors for a whole run; each loads the base model once on its
+CPU or GPU and, per method and seed, builds a replica of the method exactly as the driver did
+(`setup` with the same clients and seed). A job carries the client's packed state to a worker and
+comes back with the update and the new state, through Ray's object store.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from simfed.errors import SimfedError
+from simfed.learn.methods.base import ClientInfo, LocalPlan, Method, Update
+
+
+class ExecutorError(SimfedError):
+    """The executor asked for cannot run here (Ray missing, a method without replica support)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One device's local update, as the engine decided it: start from `received`, follow `plan`."""
+
+    client: int
+    received: dict[str, torch.Tensor]
+    plan: LocalPlan
+
+
+class Executor(Protocol):
+    def bind(self, method: Method, method_index: int, clients: list[ClientInfo], seed: int) -> None:
+        """The method (already `setup` on `clients` with `seed`) whose updates `run` will compute."""
+
+    def run(self, jobs: Sequence[Job]) -> list[Update]:
+        """The updates of `jobs`, in their order; client states end as if run one by one here."""
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """In process, one job after the other: the reference every other executor must equal."""
+
+    def __init__(self) -> None:
+        self.method: Method | None = None
+
+    def bind(self, method: Method, method_index: int, clients: list[ClientInfo], seed: int) -> None:
+        self.method = method
+
+    def run(self, jobs: Sequence[Job]) -> list[Update]:
+        assert self.method is not None
+        return [self.method.local_update(j.client, j.received, j.plan) for j in jobs]
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- Ray
+
+@dataclass(frozen=True)
+class RemoteJob:
+    job: Job
+    state: tuple[dict, dict] | None  # the client's packed state (None: it never trained)
+    context: dict  # Method.remote_context
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    update: Update
+    state: tuple[dict, dict] | None
+    outcome: dict  # Method.remote_outcome
+
+
+class Replica:
+    """A worker's side: one base model for the worker's life, one method replica at a time."""
+
+    def __init__(self, card: Any, device: str, threads: int, training: Any) -> None:
+        from simfed.learn.adapters import AdaptedModel
+        from simfed.learn.base_model import load_base_model
+        from simfed.run.runner import pick_device
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.training = training
+        self.model = AdaptedModel(load_base_model(card, pick_device(device)))
+        self.method: Method | None = None
+        self.key: tuple | None = None
+
+    def prepare(self, key: tuple, spec: Any, clients: list[ClientInfo], seed: int) -> None:
+        """Build the method of `spec` and set it up as the driver did (skipped if already built)."""
+        from simfed.learn.methods.registry import build_method
+
+        if key == self.key:
+            return
+        self.method = build_method(spec, self.training, self.model)
+        self.method.setup(clients, seed)
+        self.key = key
+
+    def run(self, jobs: list[RemoteJob]) -> list[RemoteResult]:
+        assert self.method is not None
+        out = []
+        for rj in jobs:
+            c = rj.job.client
+            self.method.import_client(c, rj.state)
+            self.method.apply_remote_context(c, rj.context)
+            update = self.method.local_update(c, rj.job.received, rj.job.plan)
+            out.append(RemoteResult(update, self.method.export_client(c), self.method.remote_outcome(c)))
+            self.method.import_client(c, None)  # the driver owns the state; keep the worker lean
+        return out
+
+
+class RayExecutor:
+    """Local updates on `workers` Ray actors; jobs are dealt round-robin in their order."""
+
+    def __init__(self, card: Any, training: Any, workers: int, threads: int, device: str,
+                 gpus_per_worker: float = 0.0, address: str | None = None) -> None:
+        try:
+            import ray
+        except ImportError as exc:  # the optional extra
+            raise ExecutorError("executor 'ray' needs Ray: pip install 'simfed[ray]'") from exc
+        self.ray = ray
+        if not ray.is_initialized():
+            # workers inherit this process's environment (offline flags, SIMFED_CACHE)
+            ray.init(address=address, num_cpus=None if address else max(workers, 1), include_dashboard=False,
+                     log_to_driver=False, configure_logging=False,
+                     runtime_env={"env_vars": {k: v for k, v in os.environ.items()
+                                               if k.startswith(("SIMFED_", "HF_", "TRANSFORMERS_"))}})
+            self._started_ray = True
+        else:
+            self._started_ray = False
+        actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(Replica)
+        self.actors = [actor.remote(card, device, threads, training) for _ in range(workers)]
+        self.method: Method | None = None
+        self._key: tuple | None = None
+        self._prepare: tuple | None = None
+
+    def bind(self, method: Method, method_index: int, clients: list[ClientInfo], seed: int) -> None:
+        if not method.remote_ready:
+            raise ExecutorError(f"method {method.name!r} cannot run on the 'ray' executor (use executor: local)")
+        self.method = method
+        self._key = (method_index, seed)
+        spec = getattr(method, "spec", None)
+        if spec is None:
+            raise ExecutorError(f"method {method.name!r} has no spec to rebuild it on a worker")
+        self._prepare = (self._key, spec, self.ray.put(clients), seed)
+
+    def run(self, jobs: Sequence[Job]) -> list[Update]:
+        assert self.method is not None and self._prepare is not None
+        if not jobs:
+            return []
+        ray, method = self.ray, self.method
+        shares: list[list[tuple[int, RemoteJob]]] = [[] for _ in self.actors]
+        for i, job in enumerate(jobs):
+            rj = RemoteJob(job, method.export_client(job.client), method.remote_context(job.client))
+            shares[i % len(self.actors)].append((i, rj))
+        futures = []
+        for actor, share in zip(self.actors, shares):
+            if share:
+                actor.prepare.remote(*self._prepare)  # actor calls run in order: prepared before `run`
+                futures.append((share, actor.run.remote([rj for _, rj in share])))
+        updates: list[Update | None] = [None] * len(jobs)
+        for share, future in futures:
+            for (i, rj), result in zip(share, ray.get(future)):
+                c = rj.job.client
+                method.import_client(c, result.state)
+                method.absorb_remote_outcome(c, result.outcome)
+                updates[i] = result.update
+        return updates  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+        if self._started_ray:
+            self.ray.shutdown()
+
+
+def make_executor(spec: Any, card: Any, training: Any) -> Executor:
+    """The executor a scenario's `executor:` section asks for."""
+    if spec.kind == "local":
+        return LocalExecutor()
+    threads = spec.threads_per_worker or training.threads
+    gpus = spec.gpus_per_worker if torch.cuda.is_available() and training.device != "cpu" else 0.0
+    return RayExecutor(card, training, spec.workers, threads, training.device, gpus, spec.address)
