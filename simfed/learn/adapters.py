@@ -119,8 +119,11 @@ def copy_into(adapters: DeviceAdapters, payload: dict[str, torch.Tensor]) -> Non
 class AdaptedModel:
     """The frozen base model with LoRA wrappers installed; devices' adapters attach to it."""
 
-    def __init__(self, base: BaseModel) -> None:
+    def __init__(self, base: BaseModel, autocast: torch.dtype | None = None) -> None:
         self.base = base
+        # mixed precision for every forward/backward with adapters attached (training, routers,
+        # evaluation): matmuls in `autocast` (bf16 on a GPU), weights, adapters and AdamW in fp32
+        self.autocast = autocast
         card = base.card
         layers = _get(base.model, card.layers, "decoder layers")
         self.attention_sites: list[dict[str, LoRALinear]] = []
@@ -188,7 +191,11 @@ class AdaptedModel:
         previous = self.attached
         self.attach(adapters)
         try:
-            yield
+            if self.autocast is None:
+                yield
+            else:
+                with torch.autocast(device_type=self.device.type, dtype=self.autocast):
+                    yield
         finally:
             self.attach(previous)
 

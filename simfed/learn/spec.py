@@ -61,6 +61,8 @@ class TrainingSpec(_Strict):
     eval_windows: PositiveInt = 16  # deterministic test windows per device
     payload_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dtype tensors travel in
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto = bf16 autocast on a GPU that supports it, fp32 on CPU (where bf16 is slow and changes results)
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default
     save_routing: bool = False  # at each evaluation, append per-layer routing weights on the test windows to RUN_DIR/routing.jsonl (simfed/learn/routing.py)
     dry: bool = False  # systems only: costs from the model card's shapes, no training or evaluation (simfed/run/dry.py)

@@ -177,7 +177,10 @@ def measure_many(model: AdaptedModel, model_name: str, methods: list[tuple[str, 
 def load_adapted(model_name: str, device: str = "auto", threads: int = 2) -> AdaptedModel:
     if threads > 0:
         torch.set_num_threads(threads)
-    return AdaptedModel(load_base_model(load_card(model_name), resolve_device(device)))
+    from simfed.run.runner import autocast_dtype  # the runs' precision: bf16 autocast on a GPU
+
+    dev = resolve_device(device)
+    return AdaptedModel(load_base_model(load_card(model_name), dev), autocast_dtype("auto", dev))
 
 
 

@@ -86,12 +86,13 @@ class Replica:
     def __init__(self, card: Any, device: str, threads: int, training: Any) -> None:
         from simfed.learn.adapters import AdaptedModel
         from simfed.learn.base_model import load_base_model
-        from simfed.run.runner import pick_device
+        from simfed.run.runner import autocast_dtype, pick_device
 
         if threads:
             torch.set_num_threads(threads)
         self.training = training
-        self.model = AdaptedModel(load_base_model(card, pick_device(device)))
+        dev = pick_device(device)
+        self.model = AdaptedModel(load_base_model(card, dev), autocast_dtype(training.precision, dev))
         self.method: Method | None = None
         self.key: tuple | None = None
 

@@ -41,6 +41,16 @@ from simfed.sim.fleet import DeviceProfile, build_fleet
 from simfed.sim.workload import RoundCost
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run: bf16 when asked, or under `auto` on a CUDA GPU with bf16
+    support; None (plain fp32) otherwise."""
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def pick_device(choice: str) -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
@@ -278,8 +288,9 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
     if training.threads:
         torch.set_num_threads(training.threads)
     card = load_card(scenario.model)
-    base = load_base_model(card, pick_device(training.device))
-    model = AdaptedModel(base)
+    device = pick_device(training.device)
+    base = load_base_model(card, device)
+    model = AdaptedModel(base, autocast_dtype(training.precision, device))
     if resume is None:
         run = RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds)
         checkpoints = Checkpoints.start(run)

@@ -1,0 +1,83 @@
+"""Local vs Ray executors on one scenario: wall time, peak RSS and whether the metrics are identical.
+
+Runs the scenario (default scenarios/phones_mixed.yaml, shortened to --rounds rounds) three ways,
+one after the other in fresh processes:
+  local-t1   executor local, 1 torch thread       (the reference of bit-identity for ray ×1 thread)
+  local-tN   executor local, --threads threads     (what a user runs by default on this machine)
+  ray-W      executor ray, --workers workers × 1 thread each
+and prints one line per figure: wall seconds and peak RSS of the run (the driver and, for Ray, the
+sum of its workers' peaks is not visible to getrusage: the driver's own peak is printed), the
+speedup of ray over local-tN, and whether ray's metrics.csv equals local-t1's byte for byte.
+
+    .venv/bin/python bench/executor.py [--scenario scenarios/phones_mixed.yaml] [--rounds 2]
+                                       [--workers 2] [--threads 2]
+
+Needs an otherwise idle machine (two torch processes on two cores slow each other 3-5x).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RUNNER = r"""
+import json, resource, sys, time
+from pathlib import Path
+from simfed.config import load_scenario
+from simfed.run.progress import ProgressView
+from simfed.run.runner import run_scenario
+path, out, sets = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+scenario = load_scenario(path, sets)
+start = time.perf_counter()
+with ProgressView([m.name for m in scenario.methods], scenario.world.server.rounds, enabled=False) as view:
+    run = run_scenario(scenario, Path(path), Path(out), scenario.seeds, view)
+wall = time.perf_counter() - start
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"run": str(run), "wall_s": wall, "rss_mb": rss}))
+"""
+
+
+def run_once(scenario: str, out: Path, sets: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-c", RUNNER, scenario, str(out), json.dumps(sets)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scenario", default="scenarios/phones_mixed.yaml")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    common = [f"world.server.rounds={args.rounds}"]
+    configs = {
+        "local-t1": [*common, "training.threads=1", "executor.kind=local"],
+        f"local-t{args.threads}": [*common, f"training.threads={args.threads}", "executor.kind=local"],
+        f"ray-{args.workers}": [*common, "training.threads=1", "executor.kind=ray", f"executor.workers={args.workers}"],
+    }
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, sets in configs.items():
+            start = time.perf_counter()
+            results[name] = run_once(args.scenario, Path(tmp) / name, sets)
+            results[name]["process_s"] = time.perf_counter() - start
+            results[name]["metrics"] = (Path(results[name]["run"]) / "metrics.csv").read_bytes()
+        for name, r in results.items():
+            print(f"{name} wall_s {r['wall_s']:.1f} (process {r['process_s']:.1f})")
+            print(f"{name} driver_peak_rss_mb {r['rss_mb']:.0f}")
+        ray, local_n = results[f"ray-{args.workers}"], results[f"local-t{args.threads}"]
+        print(f"speedup ray-{args.workers} over local-t{args.threads} {local_n['wall_s'] / ray['wall_s']:.2f}")
+        print(f"speedup ray-{args.workers} over local-t1 {results['local-t1']['wall_s'] / ray['wall_s']:.2f}")
+        print(f"metrics identical ray-{args.workers} vs local-t1 {ray['metrics'] == results['local-t1']['metrics']}")
+        print(f"metrics identical ray-{args.workers} vs local-t{args.threads} {ray['metrics'] == local_n['metrics']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The CUDA path (runs only where a GPU is present; this project's CPU machines skip it).
+
+A scenario names no device: `training.device: auto` picks CUDA, `precision: auto` turns on bf16
+autocast, and the same scenario trains there with perplexity dropping and fp32 adapters.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def test_auto_picks_cuda_with_bf16_autocast():
+    from simfed.run.runner import autocast_dtype, pick_device
+
+    device = pick_device("auto")
+    assert device.type == "cuda"
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    assert autocast_dtype("auto", device) == expected
+    assert autocast_dtype("float32", device) is None
+
+
+def test_a_scenario_trains_on_the_gpu_unchanged(run_text, tmp_path):
+    from simfed.run.results import read_metrics
+
+    text = f"""
+name: gpu_smoke
+seeds: [0]
+model: tiny-gpt2
+data: {{users: [toy:a, toy:b], train_tokens: 3000, val_tokens: 800, test_tokens: 800, cache_dir: {tmp_path / "cache"}}}
+training: {{local_steps: 4, batch_size: 4, seq_len: 32, eval_windows: 4}}
+methods:
+  - {{name: comigs, kind: comigs, variant: 1g1s, tau: 2, router_steps: 1}}
+  - {{name: hetlora, kind: hetlora, min_rank: 4}}
+world:
+  fleet: [{{count: 2, tier: phone_mid, link: wifi_home}}]
+  server: {{rounds: 3, target_per_round: 2, over_selection: 1.0, deadline_s: 600}}
+"""
+    run = run_text(text, tmp_path / "gpu.yaml", tmp_path / "runs")
+    rows = read_metrics(run)
+    for method in ("comigs", "hetlora"):
+        ppl = {r["round"]: r["ppl"] for r in rows if r["method"] == method}
+        assert ppl[3] < ppl[0]
