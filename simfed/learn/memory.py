@@ -1,7 +1,9 @@
 """Memory a device needs to fine-tune: frozen base + adapters (with gradients and AdamW moments) + activations.
 
-From the shapes alone (`ModelDims`, `AdapterShape`), in bytes, with `b` bytes per element (the
-card's dtype; float32 = 4). Names: L layers, d = d_model, V = vocab, E experts, r_a / r_m the
+From the shapes alone (`ModelDims`, `AdapterShape`), in bytes: `b` bytes per frozen weight (the
+model card's dtype: float32 = 4, bfloat16/float16 = 2), `a` bytes per activation element (the
+compute dtype: 2 under bf16 autocast, else b); adapters, their gradients and AdamW moments are
+always float32 (simfed trains them in fp32 under any autocast). Names: L layers, d = d_model, V = vocab, E experts, r_a / r_m the
 attention / expert LoRA ranks, B × T the batch, d_ff the MLP width (mlp_down's input).
 
     base        = b · (L · (Σ_attn in·out + Σ_mlp in·out) + V · d)
@@ -9,8 +11,8 @@ attention / expert LoRA ranks, B × T the batch, d_ff the MLP width (mlp_down's 
                    biases, norms and position embeddings are left out: < 1% for these models)
     trainable P = L · (r_a · Σ_attn (in+out) + E · r_m · Σ_mlp (in+out) + [E > 1] · E · d)
                   (LoRA A and B of every site and expert, plus the router)
-    adapters    = 4 · b · P   (weights, gradients, AdamW first and second moments)
-    activations ≈ b · B · T · (L · (8·d + (2 + [gated]) · E · d_ff) + 2 · V)
+    adapters    = 4 · 4 · P   (fp32 weights, gradients, AdamW first and second moments)
+    activations ≈ a · B · T · (L · (8·d + (2 + [gated]) · E · d_ff) + 2 · V)
                   (per token and layer: ~8 d-wide tensors kept for backward — norms, q/k/v,
                    attention output, residuals — and the MLP's hidden tensors once per expert;
                    logits and their gradient at the head. An estimate: attention scores, the
@@ -54,15 +56,21 @@ def trainable_params(dims: ModelDims, shape: AdapterShape) -> int:
     return dims.n_layers * (attn + mlp + router)
 
 
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
 def memory_need(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: int,
-                bytes_per_element: int = 4) -> MemoryNeed:
-    """Bytes to train `shape` on `dims` with batch_size × seq_len tokens (formula in the module doc)."""
-    b = bytes_per_element
+                weight_bytes: int = 4, activation_bytes: int | None = None) -> MemoryNeed:
+    """Bytes to train `shape` on `dims` with batch_size × seq_len tokens (formula in the module doc);
+    `weight_bytes` per frozen weight (the card's dtype), `activation_bytes` per activation (default:
+    the same)."""
+    b = weight_bytes
+    a = weight_bytes if activation_bytes is None else activation_bytes
     d_ff = dims.mlp_down[0]
     hidden = len(dims.mlp_up) + 1  # GPT-2: fc output and activation; gated: gate, up and their product
     per_token = dims.n_layers * (8 * dims.d_model + hidden * shape.n_experts * d_ff) + 2 * dims.vocab
     return MemoryNeed(
         base=b * base_params(dims),
-        adapters=4 * b * trainable_params(dims, shape),
-        activations=b * batch_size * seq_len * per_token,
+        adapters=4 * 4 * trainable_params(dims, shape),
+        activations=a * batch_size * seq_len * per_token,
     )

@@ -36,7 +36,7 @@ from simfed.learn.base_model import cache_root, load_base_model
 from simfed.learn.budget import experts_for_budget, rank_for_budget
 from simfed.learn.flops import ModelDims, round_activation_bytes, round_flops, router_phases_in_round
 from simfed.learn.lora import linear_dims
-from simfed.learn.memory import SHRINK_STEPS, memory_need
+from simfed.learn.memory import DTYPE_BYTES, SHRINK_STEPS, memory_need
 from simfed.learn.model_card import ModelCard, load_card
 from simfed.learn.spec import MethodSpec, TrainingSpec
 from simfed.run.payload import element_size
@@ -101,6 +101,7 @@ class DryMethod:
     training: TrainingSpec
     dims: ModelDims
     memory_policy: str = "ignore"
+    weight_bytes: int = 4  # the card's dtype (simfed/learn/memory.py); activations alike (dry mode: no autocast)
 
     def __post_init__(self) -> None:
         if self.spec.kind not in DRY_KINDS:
@@ -113,13 +114,17 @@ class DryMethod:
         memory = float(device.memory_bytes)
         shape = self._shape_for(memory, device.flops_per_s)
         if self.memory_policy == "shrink":
-            t = self.training
             for _ in range(SHRINK_STEPS):
-                if memory_need(self.dims, shape, t.batch_size, t.seq_len).total <= device.memory_bytes:
+                if self.need(shape) <= device.memory_bytes:
                     break
                 memory /= 2
                 shape = self._shape_for(memory, device.flops_per_s)
         return shape
+
+    def need(self, shape: AdapterShape) -> int:
+        """Bytes a device needs to train `shape` (simfed/learn/memory.py)."""
+        t = self.training
+        return memory_need(self.dims, shape, t.batch_size, t.seq_len, self.weight_bytes).total
 
     def _shape_for(self, memory: float, speed: float) -> AdapterShape:
         s = self.spec
@@ -184,8 +189,7 @@ class DryWorkload:
 
     def memory_need(self, device: int) -> int:
         """Bytes the device needs to train its shape (simfed/learn/memory.py)."""
-        t = self.scenario.training
-        return memory_need(self.method.dims, self.method.shape(self.fleet[device]), t.batch_size, t.seq_len).total
+        return self.method.need(self.method.shape(self.fleet[device]))
 
     def on_download(self, device: int, round_index: int) -> None:
         pass
@@ -209,8 +213,11 @@ def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
     """`run_scenario` in dry mode: no model weights, no data, no federation; same outputs."""
     from simfed.run.trace import TraceWriter
 
-    dims = model_dims(load_card(scenario.model))
-    methods = [DryMethod(spec, scenario.training, dims, scenario.world.memory_policy) for spec in scenario.methods]
+    card = load_card(scenario.model)
+    dims = model_dims(card)
+    weight_bytes = DTYPE_BYTES[card.dtype]
+    methods = [DryMethod(spec, scenario.training, dims, scenario.world.memory_policy, weight_bytes)
+               for spec in scenario.methods]
     with (
         RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds) as run,
         TraceWriter(run.path / "trace.json") as trace,

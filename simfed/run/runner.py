@@ -24,7 +24,7 @@ from simfed.data.federated import UserData, build_federation
 from simfed.learn.adapters import AdaptedModel
 from simfed.learn.base_model import load_base_model
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
-from simfed.learn.memory import SHRINK_STEPS, memory_need
+from simfed.learn.memory import DTYPE_BYTES, SHRINK_STEPS, memory_need
 from simfed.learn.methods.base import Budget, ClientInfo, LocalPlan, Method, Update
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
@@ -214,7 +214,10 @@ def method_memory_need(method: Method, training: Any, device: int) -> int | None
     shape = getattr(fed, "shapes", {}).get(device) if fed is not None else None
     if shape is None:
         return None
-    return memory_need(fed.dims, shape, training.batch_size, training.seq_len).total
+    model = fed.model
+    weight = DTYPE_BYTES[model.base.card.dtype]  # the frozen base as the card stores it
+    activation = 2 if model.autocast is not None else weight
+    return memory_need(fed.dims, shape, training.batch_size, training.seq_len, weight, activation).total
 
 
 def setup_method(spec: Any, training: Any, model: AdaptedModel, clients: list[ClientInfo], seed: int,

@@ -70,7 +70,7 @@ def test_shrink_sizes_a_device_as_if_it_had_less_memory_until_its_training_fits(
     from simfed.learn.spec import MethodSpec, TrainingSpec
 
     monkeypatch.setattr(runner, "memory_need",
-                        lambda dims, shape, b, t: dataclasses.make_dataclass("N", [("total", int)])(2_000_000_000 * shape.n_experts))
+                        lambda dims, shape, *rest: dataclasses.make_dataclass("N", [("total", int)])(2_000_000_000 * shape.n_experts))
     tokens = np.arange(2000, dtype=np.int64) % 200
     data = UserData(name="u", source="toy", train=tokens, val=tokens, test=tokens)
     fleet = [dataclasses.replace(plain_device(0, 200e9), memory_bytes=6_000_000_000),
@@ -93,10 +93,21 @@ def test_dry_mode_shrinks_by_the_same_rule(tiny_gpt2, monkeypatch):
     from simfed.learn.spec import MethodSpec, TrainingSpec
 
     monkeypatch.setattr(dry, "memory_need",
-                        lambda dims, shape, b, t: dataclasses.make_dataclass("N", [("total", int)])(2_000_000_000 * shape.n_experts))
+                        lambda dims, shape, *rest: dataclasses.make_dataclass("N", [("total", int)])(2_000_000_000 * shape.n_experts))
     device = dataclasses.replace(plain_device(0, 200e9), memory_bytes=6_000_000_000)
     spec = MethodSpec(name="c", kind="comigs", variant="1gxs", max_experts=4)
     training = TrainingSpec(local_steps=1, batch_size=2, seq_len=16)
     dims = ModelDims.of(tiny_gpt2)
     assert dry.DryMethod(spec, training, dims, "exclude").shape(device).n_experts == 4
     assert dry.DryMethod(spec, training, dims, "shrink").shape(device).n_experts == 3
+
+
+def test_memory_counts_the_cards_weight_dtype_and_the_compute_dtype(tiny_gpt2):
+    """A bf16 card halves the frozen weights; bf16 autocast halves the activations; the adapters,
+    trained in fp32 with fp32 AdamW moments, stay at 16 bytes a parameter."""
+    dims = ModelDims.of(tiny_gpt2)
+    shape = AdapterShape(2, mlp_rank=8, attn_rank=8)
+    fp32 = memory_need(dims, shape, batch_size=4, seq_len=64)
+    bf16 = memory_need(dims, shape, batch_size=4, seq_len=64, weight_bytes=2, activation_bytes=2)
+    assert bf16.base == 2 * 114_752 and bf16.adapters == fp32.adapters == 16 * 26_880
+    assert bf16.activations == 1024 * 3586 // 2
