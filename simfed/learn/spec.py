@@ -64,5 +64,6 @@ class TrainingSpec(_Strict):
     # auto = bf16 autocast on a GPU that supports it, fp32 on CPU (where bf16 is slow and changes results)
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default
+    state_memory_mb: float | None = Field(None, ge=0)  # devices' adapter+AdamW states kept in RAM up to this, the least recently used beyond it spilled to RUN_DIR/spill (safetensors); None = all in RAM
     save_routing: bool = False  # at each evaluation, append per-layer routing weights on the test windows to RUN_DIR/routing.jsonl (simfed/learn/routing.py)
     dry: bool = False  # systems only: costs from the model card's shapes, no training or evaluation (simfed/run/dry.py)

@@ -73,14 +73,36 @@ def load_client_state(fresh: ClientState, path: Path) -> ClientState:
     return unpack_client_state(fresh, tensors, meta)
 
 
-class ClientStore:
-    """Client id → `ClientState`, created lazily by `make` the first time a client needs one."""
+def state_bytes(state: ClientState) -> int:
+    """Bytes a client's state holds in memory: adapters plus both optimizers' moments."""
+    total = sum(p.numel() * p.element_size() for p in state.adapters.parameters())
+    for opt in (state.expert_opt, state.router_opt):
+        if opt is not None:
+            total += sum(v.numel() * v.element_size() for slots in opt.state.values()
+                         for v in slots.values() if isinstance(v, torch.Tensor))
+    return total
 
-    def __init__(self, make: Callable[[int], ClientState], spill_dir: Path | None = None) -> None:
+
+class ClientStore:
+    """Client id → `ClientState`, created lazily by `make` the first time a client needs one.
+
+    Without a spill directory every state stays in memory. With one, a released state goes to
+    disk at once, or — with `memory_budget_bytes` — only when the states in memory would exceed
+    the budget, least recently used first (so the devices of a round stay in memory across it
+    while a fleet of thousands costs disk, not RAM)."""
+
+    def __init__(self, make: Callable[[int], ClientState], spill_dir: Path | None = None,
+                 memory_budget_bytes: int | None = None) -> None:
         self._make = make
         self._spill_dir = spill_dir
-        self._memory: dict[int, ClientState] = {}
+        self._budget = memory_budget_bytes
+        self._memory: dict[int, ClientState] = {}  # in order of last use, oldest first
         self._on_disk: set[int] = set()
+
+    def limit(self, spill_dir: Path, memory_budget_bytes: int | None) -> None:
+        """Spill to `spill_dir` beyond `memory_budget_bytes` of states in memory (None: always)."""
+        self._spill_dir = Path(spill_dir)
+        self._budget = memory_budget_bytes
 
     def __contains__(self, client: int) -> bool:
         return client in self._memory or client in self._on_disk
@@ -95,7 +117,9 @@ class ClientStore:
     def get_or_create(self, client: int) -> ClientState:
         """The client's state, loaded from disk if spilled, built fresh if it never existed."""
         if client in self._memory:
-            return self._memory[client]
+            state = self._memory.pop(client)  # most recently used: to the end
+            self._memory[client] = state
+            return state
         state = self._make(client)
         if client in self._on_disk:
             state = load_client_state(state, self._path(client))
@@ -107,11 +131,29 @@ class ClientStore:
         return self.get_or_create(client) if client in self else None
 
     def release(self, client: int) -> None:
-        """Done with the client for now: with a spill directory its state leaves memory for disk."""
+        """Done with the client for now: with a spill directory its state leaves memory for disk
+        (at once, or with a budget when the states in memory exceed it, oldest first)."""
         if self._spill_dir is None or client not in self._memory:
             return
+        if self._budget is None:
+            self._spill(client)
+            return
+        sizes = {c: state_bytes(s) for c, s in self._memory.items()}
+        total = sum(sizes.values())
+        for oldest in list(self._memory):
+            if total <= self._budget:
+                break
+            total -= sizes[oldest]
+            self._spill(oldest)
+
+    def _spill(self, client: int) -> None:
         save_client_state(self._memory.pop(client), self._path(client))
         self._on_disk.add(client)
+
+    @property
+    def in_memory(self) -> list[int]:
+        """Clients whose state is in memory now, oldest use first."""
+        return list(self._memory)
 
     def fresh(self, client: int) -> ClientState:
         """A newly built state for the client (not stored): the shape to unpack a saved one into."""

@@ -12,6 +12,7 @@ streams — the same availability, dropout and noise draws.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,6 +316,10 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
             for index, spec in todo:
                 method, sized = setup_method(spec, training, model, clients, seed, fleet,
                                              scenario.world.memory_policy)
+                fed = getattr(method, "fed", None)
+                if training.state_memory_mb is not None and fed is not None:
+                    fed.store.limit(run.path / "spill" / f"{index}-{spec.name}-seed{seed}",
+                                    int(training.state_memory_mb * 1e6))
                 executor.bind(method, index, sized, seed)
                 saved = checkpoints.method(index, spec.name, seed)
                 if saved.round is None:
@@ -327,6 +332,7 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
                 finally:
                     saved.close()
                 checkpoints.finished(index, seed)
+                shutil.rmtree(run.path / "spill", ignore_errors=True)  # spilled states of a finished method
         return run.path
 
 

@@ -80,3 +80,29 @@ def test_without_spill_dir_release_keeps_the_state_in_memory(make):
 def test_never_seen_client_holds_nothing(make, tmp_path):
     store = ClientStore(make, spill_dir=tmp_path)
     assert 3 not in store and store.peek(3) is None and len(store) == 0
+
+
+def test_a_memory_budget_keeps_the_most_recent_states_and_spills_the_oldest(tiny_gpt2, toy_data, make, tmp_path):
+    from simfed.learn.store import state_bytes
+
+    probe = make(0)
+    train(tiny_gpt2, probe, toy_data[0], seed=0)
+    one = state_bytes(probe)
+    # by hand: adapters (weights) + AdamW's two moments of the same size (+ 8-byte step counters)
+    params = sum(p.numel() * 4 for p in probe.adapters.parameters())
+    assert 3 * params <= one <= 3 * params + 8 * 64
+    store = ClientStore(make, spill_dir=tmp_path, memory_budget_bytes=int(2.5 * one))
+    trained = {}
+    for client in (1, 2, 3):
+        state = store.get_or_create(client)
+        train(tiny_gpt2, state, toy_data[0], seed=client)
+        trained[client] = {k: v.clone() for k, v in state.adapters.state_dict().items()}
+        store.release(client)
+    assert store.in_memory == [2, 3] and (tmp_path / "client-1.safetensors").exists()
+    store.get_or_create(2)  # used again: now the most recent
+    store.release(2)
+    assert store.in_memory == [3, 2]
+    back = store.get_or_create(1)  # from disk, exactly as trained
+    assert all(torch.equal(back.adapters.state_dict()[k], v) for k, v in trained[1].items())
+    store.release(1)
+    assert store.in_memory == [2, 1] and (tmp_path / "client-3.safetensors").exists()

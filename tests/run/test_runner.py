@@ -116,3 +116,21 @@ def test_only_devices_that_finish_compute_train(lossy_run: Path) -> None:
         stats = summary["methods"][method] if "methods" in summary else summary[method]
         compute_ends = sum(1 for e in events if e["method"] == method and e["kind"] == "compute_end")
         assert stats["training_calls"] + stats["training_skipped"] == compute_ends
+
+
+def test_spilling_states_to_disk_changes_no_number(run_text, tmp_path: Path, monkeypatch) -> None:
+    """state_memory_mb: 0 keeps no device state in RAM between uses (all spilled to safetensors):
+    the metrics equal those of the all-in-memory run byte for byte."""
+    base = SCENARIO.format(cache=tmp_path / "cache", dtype="float32", hazard=0.0, deadline=600.0)
+    spilled = base.replace("training:\n", "training:\n  state_memory_mb: 0\n")
+    assert spilled != base
+    import simfed.learn.store as store
+
+    a = run_text(base, tmp_path / "memory.yaml", tmp_path / "runs" / "memory")
+    saves = []
+    real_save = store.save_client_state
+    monkeypatch.setattr(store, "save_client_state", lambda state, path: (saves.append(path), real_save(state, path)))
+    b = run_text(spilled, tmp_path / "spilled.yaml", tmp_path / "runs" / "spilled")
+    assert len(saves) >= 2 * 3 * 3  # two methods × three rounds × three devices trained
+    assert (a / "metrics.csv").read_bytes() == (b / "metrics.csv").read_bytes()
+    assert not (b / "spill").exists()  # removed when each method finished
