@@ -359,7 +359,7 @@ class ExecutorSpec(_Strict):
     kind: typing.Literal["local", "ray"] = "local"
     workers: int = Field(2, ge=1)  # Ray actors, each holding the base model once
     threads_per_worker: int = Field(0, ge=0)  # torch threads in each actor; 0 = training.threads
-    gpus_per_worker: float = Field(0.0, ge=0)  # on a CUDA host: the GPU share of each actor
+    gpus_per_worker: float = Field(0.0, ge=0)  # on a CUDA host: the GPU share of each actor; 0 = the host's GPUs split evenly
     address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001"); None: start one here
 
 

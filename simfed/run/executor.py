@@ -190,5 +190,7 @@ def make_executor(spec: Any, card: Any, training: Any) -> Executor:
     if spec.kind == "local":
         return LocalExecutor()
     threads = spec.threads_per_worker or training.threads
-    gpus = spec.gpus_per_worker if torch.cuda.is_available() and training.device != "cpu" else 0.0
+    gpus = 0.0
+    if torch.cuda.is_available() and training.device != "cpu":  # the actors share this host's GPUs
+        gpus = spec.gpus_per_worker or min(1.0, torch.cuda.device_count() / spec.workers)
     return RayExecutor(card, training, spec.workers, threads, training.device, gpus, spec.address)
