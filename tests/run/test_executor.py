@@ -93,3 +93,27 @@ def test_training_calls_and_tallies_are_the_same_on_both_executors(local_run, ra
     b = json.loads((on_ray / "summary.json").read_text())["methods"]
     assert a == b
     assert all(stats["training_calls"] > 0 for stats in a.values())
+
+
+def test_a_method_without_replica_support_is_refused_with_its_name() -> None:
+    from simfed.run.executor import ExecutorError, RayExecutor
+
+    class NotRemote:
+        name = "odd"
+        remote_ready = False
+
+    executor = RayExecutor.__new__(RayExecutor)  # no actors: bind refuses before using any
+    with pytest.raises(ExecutorError, match="'odd' cannot run on the 'ray' executor"):
+        executor.bind(NotRemote(), 0, [], 0)
+
+
+def test_a_wrong_executor_kind_names_the_key_and_the_line(tmp_path, capsys) -> None:
+    from simfed.cli import main
+
+    text = SCENARIO.format(cache=tmp_path / "cache", executor="{kind: dask}")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    line = text.splitlines().index("executor: {kind: dask}") + 1
+    assert f"bad.yaml:{line}" in err and "executor.kind" in err
