@@ -98,6 +98,7 @@ class ClientStore:
         self._budget = memory_budget_bytes
         self._memory: dict[int, ClientState] = {}  # in order of last use, oldest first
         self._on_disk: set[int] = set()
+        self._sizes: dict[int, int] = {}  # state_bytes of states in memory, taken when each is released
 
     def limit(self, spill_dir: Path, memory_budget_bytes: int | None) -> None:
         """Spill to `spill_dir` beyond `memory_budget_bytes` of states in memory (None: always)."""
@@ -138,16 +139,17 @@ class ClientStore:
         if self._budget is None:
             self._spill(client)
             return
-        sizes = {c: state_bytes(s) for c, s in self._memory.items()}
-        total = sum(sizes.values())
+        self._sizes[client] = state_bytes(self._memory[client])  # only the released state changed
+        total = sum(self._sizes.get(c, 0) for c in self._memory)
         for oldest in list(self._memory):
             if total <= self._budget:
                 break
-            total -= sizes[oldest]
+            total -= self._sizes.get(oldest, 0)
             self._spill(oldest)
 
     def _spill(self, client: int) -> None:
         save_client_state(self._memory.pop(client), self._path(client))
+        self._sizes.pop(client, None)
         self._on_disk.add(client)
 
     @property
@@ -168,6 +170,7 @@ class ClientStore:
     def forget(self, client: int) -> None:
         """Drop the client's state from this store (a worker replica after returning it)."""
         self._memory.pop(client, None)
+        self._sizes.pop(client, None)
         self._on_disk.discard(client)
 
     def snapshot(self) -> dict[int, ClientState | Path]:
@@ -181,6 +184,7 @@ class ClientStore:
         import shutil
 
         self._memory.clear()
+        self._sizes.clear()
         self._on_disk.clear()
         for client, path in files.items():
             if self._spill_dir is not None:

@@ -175,13 +175,17 @@ class DryWorkload:
     def __post_init__(self) -> None:
         size = element_size(self.scenario.training.payload_dtype)
         self._bytes = lru_cache(maxsize=None)(lambda shape: self.method.payload_numel(shape) * size)
+        # a device's shape is fixed for the run; under shrink it takes a search, done once per device
+        # (without shrink it is a few arithmetic operations, cheaper than a cache of 100,000 entries)
+        shrinks = self.method.memory_policy == "shrink"
+        self._shape = lru_cache(maxsize=None)(self.method.shape) if shrinks else self.method.shape
 
     @property
     def name(self) -> str:
         return self.method.spec.name
 
     def cost(self, device: int, round_index: int) -> RoundCost:
-        shape = self.method.shape(self.fleet[device])
+        shape = self._shape(self.fleet[device])
         nbytes = self._bytes(shape)
         step = self.steps.get(device, 0)
         return RoundCost(nbytes, nbytes, self.method.round_flops(shape, step),
@@ -189,7 +193,7 @@ class DryWorkload:
 
     def memory_need(self, device: int) -> int:
         """Bytes the device needs to train its shape (simfed/learn/memory.py)."""
-        return self.method.need(self.method.shape(self.fleet[device]))
+        return self.method.need(self._shape(self.fleet[device]))
 
     def on_download(self, device: int, round_index: int) -> None:
         pass

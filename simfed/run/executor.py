@@ -94,14 +94,12 @@ class Replica:
         dev = pick_device(device)
         self.model = AdaptedModel(load_base_model(card, dev), autocast_dtype(training.precision, dev))
         self.method: Method | None = None
-        self.key: tuple | None = None
+        self.key: tuple | None = None  # (method index, seed) of the replica built
 
     def prepare(self, key: tuple, spec: Any, clients: list[ClientInfo], seed: int) -> None:
-        """Build the method of `spec` and set it up as the driver did (skipped if already built)."""
+        """Build the method of `spec` and set it up as the driver did."""
         from simfed.learn.methods.registry import build_method
 
-        if key == self.key:
-            return
         self.method = build_method(spec, self.training, self.model)
         self.method.setup(clients, seed)
         self.key = key
@@ -141,21 +139,22 @@ class RayExecutor:
         actor = ray.remote(num_cpus=1, num_gpus=gpus_per_worker)(Replica)
         self.actors = [actor.remote(card, device, threads, training) for _ in range(workers)]
         self.method: Method | None = None
-        self._key: tuple | None = None
-        self._prepare: tuple | None = None
 
     def bind(self, method: Method, method_index: int, clients: list[ClientInfo], seed: int) -> None:
         if not method.remote_ready:
             raise ExecutorError(f"method {method.name!r} cannot run on the 'ray' executor (use executor: local)")
-        self.method = method
-        self._key = (method_index, seed)
         spec = getattr(method, "spec", None)
         if spec is None:
             raise ExecutorError(f"method {method.name!r} has no spec to rebuild it on a worker")
-        self._prepare = (self._key, spec, self.ray.put(clients), seed)
+        self.method = method
+        clients_ref = self.ray.put(clients)
+        for actor in self.actors:  # an actor runs its calls in order: every later `run` finds the replica built
+            actor.prepare.remote((method_index, seed), spec, clients_ref, seed)
 
     def run(self, jobs: Sequence[Job]) -> list[Update]:
-        assert self.method is not None and self._prepare is not None
+        assert self.method is not None
+        if len({j.client for j in jobs}) != len(jobs):  # states are exported up front: one job per device
+            raise ValueError("RayExecutor.run: a device appears twice in one batch")
         if not jobs:
             return []
         ray, method = self.ray, self.method
@@ -166,7 +165,6 @@ class RayExecutor:
         futures = []
         for actor, share in zip(self.actors, shares):
             if share:
-                actor.prepare.remote(*self._prepare)  # actor calls run in order: prepared before `run`
                 futures.append((share, actor.run.remote([rj for _, rj in share])))
         updates: list[Update | None] = [None] * len(jobs)
         for share, future in futures:

@@ -30,7 +30,7 @@ from simfed.learn.methods.base import Budget, ClientInfo, LocalPlan, Method, Upd
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
 from simfed.run.dry import run_dry
-from simfed.run.executor import Job, make_executor
+from simfed.run.executor import Job, LocalExecutor, make_executor
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
 from simfed.run.checkpoint import Checkpoints, ResumeError
 from simfed.run.results import RunDirectory
@@ -87,8 +87,9 @@ class MethodWorkload:
     checkpoint: Any = None  # a MethodCheckpoint: costs logged, state saved at every round end (resume)
     replay: Any = None  # a Replay while the engine re-runs the rounds before a checkpoint: no real work
     trained: set[int] = field(default_factory=set)  # devices that trained since the last checkpoint
-    executor: Any = None  # simfed/run/executor.py; None = in process, one job at a time
+    executor: Any = None  # simfed/run/executor.py, bound to `method` (run_method binds a LocalExecutor if none)
     jobs: dict[int, Job] = field(default_factory=dict)  # device → local update decided, not yet run
+    costed_upload: dict[int, int] = field(default_factory=dict)  # device → upload bytes the engine charged for its job
     discarded: set[int] = field(default_factory=set)  # pending jobs whose update the server will never merge
 
     @property
@@ -106,20 +107,18 @@ class MethodWorkload:
             return
         jobs = list(self.jobs.values())
         self.jobs.clear()
-        updates = self.executor.run(jobs) if self.executor is not None else [
-            self.method.local_update(j.client, j.received, j.plan) for j in jobs]
-        for job, update in zip(jobs, updates):
+        for job, update in zip(jobs, self.executor.run(jobs)):
             self.training_calls += 1
             self.trained.add(job.client)
             self._accept(job, update)
 
     def _accept(self, job: Job, update: Update) -> None:
         device = job.client
+        expected = self.costed_upload.pop(device)
         if device in self.discarded:  # dropped mid-upload or too stale: trained, never merged
             self.discarded.discard(device)
             self.bases.pop(device, None)
             return
-        expected = shapes_bytes(self.method.upload_shapes(device), self.dtype)
         sent = payload_bytes(update.upload, self.dtype)
         if sent != expected:  # the engine already charged `expected` bytes: they must agree
             raise RuntimeError(f"{self.method.name}: device {device} uploads {sent} bytes, costed {expected}")
@@ -155,6 +154,8 @@ class MethodWorkload:
         if self.replay is not None:
             return
         self.run_jobs(device)
+        # what the engine charged for this upload, taken now (the method's state may move before the job runs)
+        self.costed_upload[device] = shapes_bytes(self.method.upload_shapes(device), self.dtype)
         plan = LocalPlan(round_index, self.scenario.world.server.rounds, self.seed)
         received = self.pending.pop(device)
         if self.scenario.world.server.policy != "sync":  # the async merge needs the delta's base
@@ -346,6 +347,9 @@ def run_method(
     there: the engine replays the rounds before it without real work or output (`Replay`)."""
     view.on_method_start(method.name, seed)
     tally = Tally()
+    if executor is None:  # a caller that runs one method by itself: in process
+        executor = LocalExecutor()
+        executor.bind(method, 0, [], seed)
     workload = MethodWorkload(method, scenario, seed, run, tally, view, n_clients=len(fleet), checkpoint=checkpoint,
                               executor=executor)
     if checkpoint is not None and checkpoint.round is not None:

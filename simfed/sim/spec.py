@@ -52,7 +52,10 @@ class TraceSpec(_Strict):
     path: str  # JSON file, relative to the working directory; ~ and $VARS are expanded
     offset_s: float = Field(0.0, ge=0)  # start this many seconds into each client's trace
 
-    _expand = field_validator("path")(classmethod(lambda cls, v: expand_path(v)))
+    @field_validator("path")
+    @classmethod
+    def _expand(cls, value: str) -> str:
+        return expand_path(value)
 
 
 class DiurnalSpec(_Strict):
@@ -93,7 +96,10 @@ class DeviceGroupSpec(_Strict):
     score_field: str = "CPU_F_AI_Score"  # which score of compute_scores' entries
     link_trace: str | None = None  # JSON per-user link speeds (FLASH format, kbit/s mean/sigma), varying per round (simfed/sim/device_data.py)
 
-    _expand = field_validator("compute_scores", "link_trace")(classmethod(lambda cls, v: expand_path(v)))
+    @field_validator("compute_scores", "link_trace")
+    @classmethod
+    def _expand(cls, value: str | None) -> str | None:
+        return expand_path(value)
 
     @field_validator("tier")
     @classmethod
