@@ -1,13 +1,16 @@
-"""Wall-clock of one local training step on SmolLM2-135M: CoMiGS 1G1S vs a plain peft LoRA.
+"""Wall-clock of one local training step on SmolLM2-135M: CoMiGS with E experts vs a plain peft LoRA.
 
 Same tokens (batch 4 × 128, fixed seed), same AdamW (β 0.9/0.95, wd 0.01, lr 2e-3), two threads.
-CoMiGS-1G1S: 2 MLP experts of rank 8 (top-2 router) + rank-8 attention LoRA, attached through
-`AdaptedModel`, loss = CE + 0.01·LB. peft: LoraConfig(r=8, alpha 16, rsLoRA) on q,k,v,o,gate,up,down
-of a fresh copy of the base model. FLOPs of each step from `simfed.learn.flops.step_flops` (peft's
-is the E = 1 shape), so FLOP/s = FLOPs / median step seconds. Steps of the two alternate, so a
-busy machine slows both alike.
+CoMiGS-1G(E-1)S: E MLP experts of rank 8 (top-2 router) + rank-8 attention LoRA, attached through
+`AdaptedModel`, loss = CE + 0.01·LB; `--experts 2 4` measures 1G1S and 1G3S. `--compute` picks the
+host's expert path (simfed/learn/lora.py MixtureMLP): `dense` runs all E experts on every token
+(the only path before top-k compute), `grouped` only each token's top-2, `auto` = grouped when
+E > 2. peft: LoraConfig(r=8, alpha 16, rsLoRA) on q,k,v,o,gate,up,down of a fresh copy of the base
+model. FLOPs of each step from `simfed.learn.flops.step_flops` (the top-2 work a device is charged;
+peft's is the E = 1 shape), so FLOP/s = FLOPs / median step seconds. Steps of all shapes
+alternate, so a busy machine slows them alike.
 
-    .venv/bin/python bench/local_step.py [--steps 5] [--warmup 2]
+    .venv/bin/python bench/local_step.py [--steps 5] [--warmup 2] [--experts 2 4] [--compute auto dense]
 """
 from __future__ import annotations
 
@@ -29,26 +32,28 @@ BATCH, SEQ_LEN, RANK, LR, WD, LB_LAMBDA = 4, 128, 8, 2e-3, 0.01, 0.01
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def comigs_step_fn(card, ids: torch.Tensor):
-    model = AdaptedModel(load_base_model(card))
-    shape = AdapterShape(n_experts=2, mlp_rank=RANK, attn_rank=RANK)
+def comigs_step_fn(model: AdaptedModel, ids: torch.Tensor, n_experts: int, compute: str):
+    shape = AdapterShape(n_experts=n_experts, mlp_rank=RANK, attn_rank=RANK)
     adapters = model.new_adapters(shape, torch.Generator().manual_seed(0))
     params = adapters.expert_parameters()
     for p in adapters.router_parameters():
         p.requires_grad_(False)  # an expert step: routers frozen, as in train_locally
     opt = torch.optim.AdamW(params, lr=LR, betas=ADAM_BETAS, weight_decay=WD)
-    model.attach(adapters)
     model.model.train()
 
     def step() -> float:
+        model.attach(adapters)
+        for site in model.mlp_sites:
+            site.compute = compute
         loss = next_token_loss(model, ids)
-        total = loss + LB_LAMBDA * adapters.load_balancing_loss()
+        lb = adapters.load_balancing_loss()
+        total = loss + LB_LAMBDA * lb if lb is not None else loss
         total.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
-    return step, ModelDims.of(model), shape
+    return step, shape
 
 
 def peft_step_fn(card, ids: torch.Tensor):
@@ -83,35 +88,46 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="smollm2-135m", help="a Llama-shaped card (tiny-llama: a smoke test)")
+    parser.add_argument("--experts", type=int, nargs="+", default=[2], help="CoMiGS expert counts E (top-2)")
+    parser.add_argument("--compute", nargs="+", default=["auto"], choices=["auto", "dense", "grouped"],
+                        help="host expert paths to time (MixtureMLP.compute)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    card = load_card("smollm2-135m")
+    card = load_card(args.model)
     rng = np.random.default_rng(0)
-    vocab = 49152
+    model = AdaptedModel(load_base_model(card))
+    vocab = int(model.model.config.vocab_size)
     ids = torch.as_tensor(rng.integers(0, vocab, size=(BATCH, SEQ_LEN + 1)), dtype=torch.long)
-
-    comigs, dims, shape = comigs_step_fn(card, ids)
+    dims = ModelDims.of(model)
+    steps, shapes = {}, {}
+    for e in args.experts:
+        for compute in args.compute:
+            label = f"comigs_1g{e - 1}s_{compute}" if e > 1 else f"comigs_e1_{compute}"
+            steps[label], shapes[label] = comigs_step_fn(model, ids, e, compute)
     peft, peft_params = peft_step_fn(card, ids)
+    steps["peft_lora"], shapes["peft_lora"] = peft, AdapterShape(1, RANK, RANK)
     for _ in range(args.warmup):
-        comigs()
-        peft()
-    t_comigs, t_peft = [], []
-    for _ in range(args.steps):  # alternate, so that background load hits both alike
-        t_comigs.append(timed(comigs))
-        t_peft.append(timed(peft))
-    s_comigs, s_peft = statistics.median(t_comigs), statistics.median(t_peft)
-    f_comigs = step_flops(dims, shape, BATCH, SEQ_LEN, "experts")
-    f_peft = step_flops(dims, AdapterShape(1, RANK, RANK), BATCH, SEQ_LEN, "experts")
-    print(f"# SmolLM2-135M, batch {BATCH} x {SEQ_LEN}, {args.threads} threads, median of {args.steps} "
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(args.steps):  # alternate, so that background load hits all alike
+        for label, step in steps.items():
+            times[label].append(timed(step))
+    print(f"# {args.model}, batch {BATCH} x {SEQ_LEN}, {args.threads} threads, median of {args.steps} "
           f"after {args.warmup} warm-up; peft trainable params {peft_params}")
-    print(f"# step FLOPs: comigs {f_comigs:.4g}, peft {f_peft:.4g}; steps comigs {['%.3f' % t for t in t_comigs]}, "
-          f"peft {['%.3f' % t for t in t_peft]}")
-    print(f"comigs_1g1s_step_s {s_comigs:.4f}")
-    print(f"peft_lora_step_s {s_peft:.4f}")
-    print(f"comigs_flops_per_s {f_comigs / s_comigs:.4g}")
-    print(f"peft_flops_per_s {f_peft / s_peft:.4g}")
-    print(f"ratio_comigs_over_peft {(f_comigs / s_comigs) / (f_peft / s_peft):.3f}")
+    per_s = {}
+    for label, ts in times.items():
+        flops = step_flops(dims, shapes[label], BATCH, SEQ_LEN, "experts")
+        median = statistics.median(ts)
+        per_s[label] = flops / median
+        print(f"# {label}: charged step FLOPs {flops:.4g}; steps {['%.3f' % t for t in ts]}")
+        print(f"{label}_step_s {median:.4f}")
+        print(f"{label}_flops_per_s {per_s[label]:.4g}")
+    for label in steps:
+        if label != "peft_lora":
+            print(f"ratio_{label}_over_peft {per_s[label] / per_s['peft_lora']:.3f}")
 
 
 if __name__ == "__main__":

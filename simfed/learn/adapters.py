@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from simfed.learn.base_model import BaseModel
-from simfed.learn.lora import LORA_ALPHA, ExpertBank, LoRALinear, MixtureMLP, StackedLoRA
+from simfed.learn.lora import LORA_ALPHA, ExpertBank, ExpertCompute, LoRALinear, MixtureMLP, StackedLoRA
 from simfed.learn.model_card import ModelCardError
 
 
@@ -119,7 +119,8 @@ def copy_into(adapters: DeviceAdapters, payload: dict[str, torch.Tensor]) -> Non
 class AdaptedModel:
     """The frozen base model with LoRA wrappers installed; devices' adapters attach to it."""
 
-    def __init__(self, base: BaseModel, autocast: torch.dtype | None = None) -> None:
+    def __init__(self, base: BaseModel, autocast: torch.dtype | None = None,
+                 expert_compute: ExpertCompute = "auto") -> None:
         self.base = base
         # mixed precision for every forward/backward with adapters attached (training, routers,
         # evaluation): matmuls in `autocast` (bf16 on a GPU), weights, adapters and AdamW in fp32
@@ -144,6 +145,7 @@ class AdaptedModel:
                 drop = _get(mlp, card.mlp.dropout, "MLP dropout") if card.mlp.dropout else None
                 mlp = MixtureMLP(mlp, card.mlp.up, card.mlp.down, card.mlp.gated, act, drop)
                 _set(layer, card.mlp.module, mlp)
+            mlp.compute = expert_compute  # dense or grouped (top-k only) expert work: see MixtureMLP
             self.mlp_sites.append(mlp)
         if len(card.mlp.up) != (2 if card.mlp.gated else 1):
             raise ModelCardError(f"model card '{card.name}': a gated MLP needs two 'up' linears, a plain one needs one")

@@ -7,16 +7,19 @@ counts what simfed's implementation actually computes (a test checks it against
 - forward, per token: 2·in·out for every frozen matmul (attention projections, the MLP's
   input-side linears ONCE and its output-side linear ONCE — see `MixtureMLP` — and the LM head),
   4·T·d_attn per layer for attention scores and their weighted sum (T = sequence length; the
-  kernel computes the full square), 2·r·(in+out) per LoRA pair and expert, the router 2·d·E, and
-  the mixing contractions 2·E·(d_ff + d_model) per layer;
+  kernel computes the full square), 2·r·(in+out) per LoRA pair and *selected* expert, the router
+  2·d·E (every logit), and the mixing contractions 2·k·(d_ff + d_model) per layer;
 - backward with a frozen base: one more matmul per frozen weight (gradient of the input only;
   none for layer 0's attention projections, whose input needs no gradient), two for every
   trainable LoRA matmul (input and weight gradients) and for attention scores;
 - an expert step trains LoRA weights; a router step trains only the routers, so its LoRA
   matmuls need no weight gradient.
+Top-k: a token runs only the k = min(top_k, E) experts its router selects (`active_experts`), as
+the paper's code does and as `MixtureMLP`'s grouped path computes; the router itself scores all E.
+With E ≤ k (1G1S, 2G, 2S, E = 1) every expert is selected and nothing changes.
 Element-wise work (norms, activations, softmax) is not counted, as FLOP counters do not either.
 It is not free, though: it is bound by memory bandwidth, and CoMiGS does it once per expert over
-(E, B, T, d_ff). `step_activation_bytes` estimates the bytes it moves, so that a device profile
+(k, B, T, d_ff). `step_activation_bytes` estimates the bytes it moves, so that a device profile
 with an effective activation bandwidth (`simfed calibrate` fits one) adds bytes / bandwidth to
 FLOPs / FLOP/s — the two-term roofline sum the simulated world uses for compute time.
 """
@@ -57,13 +60,19 @@ class ModelDims:
         )
 
 
+def active_experts(shape: AdapterShape) -> int:
+    """Experts a token runs: k = min(top_k, E) (E = 1: the single LoRA, no router)."""
+    return max(1, min(shape.n_experts, shape.top_k))
+
+
 def step_flops(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: int, train: str = "experts") -> float:
     """FLOPs of one optimizer step (forward + backward) on batch_size × seq_len tokens.
 
     `train` is "experts" (LoRA weights get gradients) or "router" (only the routers do).
     """
     tokens = batch_size * seq_len
-    e = shape.n_experts
+    e = shape.n_experts  # the router scores all E experts
+    k = active_experts(shape)  # the experts each token runs
     lora_bwd = 2.0 if train == "experts" else 1.0
     fwd = bwd = 0.0
     for layer in range(dims.n_layers):
@@ -83,15 +92,15 @@ def step_flops(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: i
             bwd += 0.0 if skip_attn_bwd else lora_bwd * attn_lora
         mlp_frozen = sum(2.0 * i * o for i, o in dims.mlp_up) + 2.0 * dims.mlp_down[0] * dims.mlp_down[1]
         fwd += mlp_frozen
-        mlp_lora = e * sum(2.0 * shape.mlp_rank * (i + o) for i, o in (*dims.mlp_up, dims.mlp_down))
+        mlp_lora = k * sum(2.0 * shape.mlp_rank * (i + o) for i, o in (*dims.mlp_up, dims.mlp_down))
         fwd += mlp_lora
         if skip_attn_bwd:  # router step, layer 0: only the output side carries gradient
             bwd += 2.0 * dims.mlp_down[0] * dims.mlp_down[1]
-            bwd += e * 2.0 * shape.mlp_rank * sum(dims.mlp_down)
+            bwd += k * 2.0 * shape.mlp_rank * sum(dims.mlp_down)
         else:
             bwd += mlp_frozen + lora_bwd * mlp_lora
         d_ff = dims.mlp_down[0]
-        mixing = 2.0 * e * (d_ff + dims.mlp_down[1])
+        mixing = 2.0 * k * (d_ff + dims.mlp_down[1])
         fwd += mixing
         bwd += 2.0 * mixing
         if e > 1:
@@ -107,22 +116,22 @@ def step_flops(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: i
 def forward_flops(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: int) -> float:
     """FLOPs of one forward pass (evaluation)."""
     tokens = batch_size * seq_len
-    e = shape.n_experts
+    e, k = shape.n_experts, active_experts(shape)
     per_layer = (
         sum(2.0 * i * o for i, o in dims.attn_linears)
         + 4.0 * seq_len * dims.d_attn
         + (sum(2.0 * shape.attn_rank * (i + o) for i, o in dims.attn_linears) if shape.attn_rank else 0.0)
         + sum(2.0 * i * o for i, o in dims.mlp_up)
         + 2.0 * dims.mlp_down[0] * dims.mlp_down[1]
-        + e * sum(2.0 * shape.mlp_rank * (i + o) for i, o in (*dims.mlp_up, dims.mlp_down))
-        + 2.0 * e * (dims.mlp_down[0] + dims.mlp_down[1])
+        + k * sum(2.0 * shape.mlp_rank * (i + o) for i, o in (*dims.mlp_up, dims.mlp_down))
+        + 2.0 * k * (dims.mlp_down[0] + dims.mlp_down[1])
         + (2.0 * dims.d_model * e if e > 1 else 0.0)
     )
     return tokens * (dims.n_layers * per_layer + 2.0 * dims.d_model * dims.vocab)
 
 
 # Element-wise tensors of one layer per token, forward: residual adds, norms and their outputs
-# (≈ 6·d_model) and, per MLP expert, the gate and up pre-activations, the activation and the
+# (≈ 6·d_model) and, per selected MLP expert (k a token, `active_experts`), the gate and up pre-activations, the activation and the
 # product (4·d_ff; with E = 1 the frozen MLP does the same once). Backward reads them back and
 # writes their gradients (×2 more); every element is written once and read once (×2), fp32.
 _ELEMENTWISE_PASSES = 3 * 2
@@ -132,7 +141,7 @@ _BYTES_PER_ELEMENT = 4
 def step_activation_bytes(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: int) -> float:
     """Bytes of element-wise memory traffic in one optimizer step (expert or router step alike)."""
     d_ff = dims.mlp_down[0]
-    per_token_layer = 6 * dims.d_model + 4 * max(shape.n_experts, 1) * d_ff
+    per_token_layer = 6 * dims.d_model + 4 * active_experts(shape) * d_ff
     return float(batch_size * seq_len * dims.n_layers * per_token_layer * _ELEMENTWISE_PASSES * _BYTES_PER_ELEMENT)
 
 

@@ -13,7 +13,7 @@ own state dict and parameter list never contain a device's tensors.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -77,6 +77,11 @@ class StackedLoRA(nn.Module):
         low = torch.nn.functional.linear(x, self.lora_A.reshape(n_exp * rank, d_in)) * self.scale
         low = low.reshape(*x.shape[:-1], n_exp, rank).movedim(-2, 0)  # (E, ..., r)
         return torch.einsum("e...r,eor->e...o", low, self.lora_B)
+
+    def delta_expert(self, x: torch.Tensor, expert: int) -> torch.Tensor:
+        """s·B_e(A_e x) of one expert on its own rows. x (n, in) → (n, out)."""
+        low = torch.nn.functional.linear(x, self.lora_A[expert]) * self.scale
+        return torch.nn.functional.linear(low, self.lora_B[expert])
 
     def delta_single(self, x: torch.Tensor) -> torch.Tensor:
         """s·B(A x) of a one-expert LoRA, as two plain matmuls. x (..., in) → (..., out)."""
@@ -172,17 +177,28 @@ class ExpertBank(nn.Module):
     def n_experts(self) -> int:
         return self.down.n_experts
 
+    @property
+    def active_experts(self) -> int:
+        """Experts computed per token: k = min(top_k, E) with a router, the single expert without."""
+        return self.top_k if self.router is not None else 1
+
     def route(self, x: torch.Tensor) -> torch.Tensor:
         """Routing weights (..., E): top-k on the raw logits, softmax over the selected, 0 elsewhere.
 
         Also records the load-balancing term of this forward in `last_lb`.
         """
+        return self.select(x)[0]
+
+    def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """`route`'s dense weights (..., E) and the top-k choice behind them: the selected experts
+        (..., k) and their softmax weights (..., k), both None without a router (E = 1)."""
         if self.router is None:
             self.last_lb = None
-            return torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)
+            return torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device), None, None
         logits = self.router(x)
         top_vals, top_idx = logits.topk(self.top_k, dim=-1)
-        weights = torch.zeros_like(logits).scatter(-1, top_idx, top_vals.softmax(dim=-1))
+        top_w = top_vals.softmax(dim=-1)
+        weights = torch.zeros_like(logits).scatter(-1, top_idx, top_w)
         n_exp = logits.shape[-1]
         chosen = torch.zeros_like(logits).scatter(-1, top_idx, 1.0 / self.top_k)
         f = chosen.reshape(-1, n_exp).mean(0)  # fraction of routing slots per expert
@@ -190,7 +206,10 @@ class ExpertBank(nn.Module):
         self.last_lb = n_exp * (self.lb_coeff * f * p).sum()
         if self.keep_weights:
             self.last_weights = weights.detach()
-        return weights
+        return weights, top_idx, top_w
+
+
+ExpertCompute = Literal["auto", "dense", "grouped"]
 
 
 class MixtureMLP(nn.Module):
@@ -200,8 +219,16 @@ class MixtureMLP(nn.Module):
     Σ_e w_e(x) · MLP_e(x). Two exact identities keep this as cheap as one LoRA-MLP:
     the frozen input-side matmuls W x are the same for every expert (computed once), and the
     frozen output-side map is linear with Σ_e w_e = 1, so Σ_e w_e (W_d h_e + b) = W_d (Σ_e w_e h_e) + b
-    (computed once). Only the LoRA terms and the element-wise activation run per expert, batched
-    over E in one einsum. Unselected experts carry weight 0 and receive no gradient.
+    (computed once). Only the LoRA terms and the element-wise activation run per expert.
+
+    Two ways to run the per-expert part, equal to each other to float rounding (tests: 1e-6 on
+    values and gradients). `dense` runs every expert on every token, batched over E in one einsum;
+    unselected experts carry weight 0 and receive no gradient. `grouped` runs each expert only on
+    the tokens routed to it (tokens sorted by expert, as MoE kernels do): k = min(2, E) experts'
+    work per token instead of E — what a device does and what `simfed.learn.flops` charges.
+    `auto` (the default) is grouped exactly when a router selects fewer experts than the bank has
+    (E > k); with E ≤ k every expert is selected for every token, nothing could be skipped, and
+    the dense path (one batched einsum, no gathers) is the faster one.
     """
 
     def __init__(
@@ -212,6 +239,7 @@ class MixtureMLP(nn.Module):
         gated: bool,
         activation: Callable[[torch.Tensor], torch.Tensor],
         dropout: nn.Module | None,
+        compute: ExpertCompute = "auto",
     ) -> None:
         super().__init__()
         self.mlp = mlp
@@ -220,6 +248,7 @@ class MixtureMLP(nn.Module):
         self.gated = gated
         self.activation = activation
         self.dropout = dropout
+        self.compute: ExpertCompute = compute
         self.up_dims = [linear_dims(getattr(mlp, n)) for n in up_names]
         self.down_dims = linear_dims(getattr(mlp, down_name))
         object.__setattr__(self, "bank", None)
@@ -227,10 +256,23 @@ class MixtureMLP(nn.Module):
     def attach(self, bank: ExpertBank | None) -> None:
         object.__setattr__(self, "bank", bank)
 
+    def grouped_for(self, bank: ExpertBank) -> bool:
+        """Whether `bank` runs on the grouped (top-k only) path under this site's `compute`."""
+        if bank.router is None or self.compute == "dense":
+            return False
+        return self.compute == "grouped" or bank.top_k < bank.n_experts
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bank: ExpertBank | None = self.bank
         if bank is None:
             return self.mlp(x)
+        out = self._grouped(x, bank) if self.grouped_for(bank) else self._dense(x, bank)
+        if self.dropout is not None:
+            out = self.dropout(out)
+        return out
+
+    def _dense(self, x: torch.Tensor, bank: ExpertBank) -> torch.Tensor:
+        """Every expert on every token, stacked over E: (E, B, T, d_ff) hidden tensors."""
         ups = [
             getattr(self.mlp, name)(x).unsqueeze(0) + lora.delta_shared_input(x)
             for name, lora in zip(self.up_names, bank.ups)
@@ -242,7 +284,38 @@ class MixtureMLP(nn.Module):
         else:
             mixed = (hidden * weights.permute(2, 0, 1).unsqueeze(-1)).sum(0)
         out = getattr(self.mlp, self.down_name)(mixed)
-        out = out + bank.down.mixed_delta_per_expert(hidden, weights)
-        if self.dropout is not None:
-            out = self.dropout(out)
-        return out
+        return out + bank.down.mixed_delta_per_expert(hidden, weights)
+
+    def _grouped(self, x: torch.Tensor, bank: ExpertBank) -> torch.Tensor:
+        """Each expert on its own tokens only: k·N rows of per-expert work for N = B·T tokens.
+
+        The N·k (token, expert) slots are sorted by expert (a stable argsort), so expert e's rows
+        are one contiguous block; the frozen W x (computed once, (N, d_ff)) and x are gathered
+        into that order, each expert runs its LoRA and activation on its block, and the weighted
+        results go back to token order through the inverse permutation and a sum over the k
+        slots. Only gathers by permutation and fixed-order sums: deterministic on CPU and GPU.
+        """
+        _, top_idx, top_w = bank.select(x)  # (B, T, k) each
+        k = top_idx.shape[-1]
+        flat = x.reshape(-1, x.shape[-1])  # (N, d)
+        n_tok = flat.shape[0]
+        slot_expert = top_idx.reshape(-1)  # (N·k,): slot t·k + j is token t's j-th choice
+        order = torch.argsort(slot_expert, stable=True)  # slots grouped by expert
+        inverse = torch.argsort(order)
+        counts = torch.bincount(slot_expert, minlength=bank.n_experts).tolist()
+        w_sorted = top_w.reshape(-1)[order].unsqueeze(-1)  # (N·k, 1)
+        x_sorted = flat.repeat_interleave(k, dim=0)[order]  # (N·k, d)
+        bases = [getattr(self.mlp, name)(flat).repeat_interleave(k, dim=0)[order] for name in self.up_names]
+        x_blocks = x_sorted.split(counts)
+        base_blocks = [b.split(counts) for b in bases]
+        weighted, down_delta = [], []
+        for e, (xe, we) in enumerate(zip(x_blocks, w_sorted.split(counts))):
+            ups = [blocks[e] + lora.delta_expert(xe, e) for blocks, lora in zip(base_blocks, bank.ups)]
+            hidden = self.activation(ups[0]) * ups[1] if self.gated else self.activation(ups[0])
+            hw = hidden * we  # (n_e, d_ff): w_e · h_e; the down LoRA is linear, so it takes w_e·h_e
+            weighted.append(hw)
+            down_delta.append(bank.down.delta_expert(hw, e))
+        mixed = torch.cat(weighted)[inverse].reshape(n_tok, k, -1).sum(1)  # (N, d_ff) = Σ_e w_e h_e
+        delta = torch.cat(down_delta)[inverse].reshape(n_tok, k, -1).sum(1)  # (N, d_out)
+        out = getattr(self.mlp, self.down_name)(mixed) + delta
+        return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -12,9 +12,10 @@ attention / expert LoRA ranks, B × T the batch, d_ff the MLP width (mlp_down's 
     trainable P = L · (r_a · Σ_attn (in+out) + E · r_m · Σ_mlp (in+out) + [E > 1] · E · d)
                   (LoRA A and B of every site and expert, plus the router)
     adapters    = 4 · 4 · P   (fp32 weights, gradients, AdamW first and second moments)
-    activations ≈ a · B · T · (L · (8·d + (2 + [gated]) · E · d_ff) + 2 · V)
+    activations ≈ a · B · T · (L · (8·d + (2 + [gated]) · k · d_ff) + 2 · V)
                   (per token and layer: ~8 d-wide tensors kept for backward — norms, q/k/v,
-                   attention output, residuals — and the MLP's hidden tensors once per expert;
+                   attention output, residuals — and the MLP's hidden tensors once per selected
+                   expert, k = min(2, E) (`flops.active_experts`: unselected experts never run);
                    logits and their gradient at the head. An estimate: attention scores, the
                    allocator's slack and the framework's own footprint are not counted.)
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simfed.learn.adapters import AdapterShape
-from simfed.learn.flops import ModelDims
+from simfed.learn.flops import ModelDims, active_experts
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def memory_need(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: 
     a = weight_bytes if activation_bytes is None else activation_bytes
     d_ff = dims.mlp_down[0]
     hidden = len(dims.mlp_up) + 1  # GPT-2: fc output and activation; gated: gate, up and their product
-    per_token = dims.n_layers * (8 * dims.d_model + hidden * shape.n_experts * d_ff) + 2 * dims.vocab
+    per_token = dims.n_layers * (8 * dims.d_model + hidden * active_experts(shape) * d_ff) + 2 * dims.vocab
     return MemoryNeed(
         base=b * base_params(dims),
         adapters=4 * 4 * trainable_params(dims, shape),

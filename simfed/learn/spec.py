@@ -58,12 +58,18 @@ class TrainingSpec(_Strict):
     lr: float = Field(2e-3, gt=0)  # peak lr; cosine to lr/10 over all steps of the run
     weight_decay: float = Field(0.01, ge=0)
     eval_every: PositiveInt = 1  # evaluate every device after every Nth round
-    eval_windows: PositiveInt = 16  # deterministic test windows per device
+    # deterministic test windows per device, or "all": the whole test split, consecutive windows
+    # (simfed/learn/evaluate.py; with a standard error per device and for the mean either way)
+    eval_windows: PositiveInt | Literal["all"] = 16
     payload_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # dtype tensors travel in
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto = bf16 autocast on a GPU that supports it, fp32 on CPU (where bf16 is slow and changes results)
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default
+    # how the host runs a CoMiGS mixture's experts (simfed/learn/lora.py MixtureMLP; equal to 1e-6,
+    # simulated costs unaffected): grouped = only each token's top-k experts, dense = all E;
+    # auto = grouped when E > k, dense otherwise (nothing to skip)
+    expert_compute: Literal["auto", "dense", "grouped"] = "auto"
     state_memory_mb: float | None = Field(None, ge=0)  # devices' adapter+AdamW states kept in RAM up to this, the least recently used beyond it spilled to RUN_DIR/spill (safetensors); None = all in RAM
     save_routing: bool = False  # at each evaluation, append per-layer routing weights on the test windows to RUN_DIR/routing.jsonl (simfed/learn/routing.py)
     dry: bool = False  # systems only: costs from the model card's shapes, no training or evaluation (simfed/run/dry.py)

@@ -92,7 +92,8 @@ class Replica:
             torch.set_num_threads(threads)
         self.training = training
         dev = pick_device(device)
-        self.model = AdaptedModel(load_base_model(card, dev), autocast_dtype(training.precision, dev))
+        self.model = AdaptedModel(load_base_model(card, dev), autocast_dtype(training.precision, dev),
+                                  training.expert_compute)
         self.method: Method | None = None
         self.key: tuple | None = None  # (method index, seed) of the replica built
 

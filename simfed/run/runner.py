@@ -295,7 +295,7 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
     card = load_card(scenario.model)
     device = pick_device(training.device)
     base = load_base_model(card, device)
-    model = AdaptedModel(base, autocast_dtype(training.precision, device))
+    model = AdaptedModel(base, autocast_dtype(training.precision, device), training.expert_compute)
     if resume is None:
         run = RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds)
         checkpoints = Checkpoints.start(run)
