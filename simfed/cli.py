@@ -189,8 +189,18 @@ def _run_report(run_dir: Path, status: str) -> tuple[str, str]:
         "## Per device",
         "",
         to_markdown(devices),
+        *_paired_sections(rows),
     ])
     return markdown, to_csv(table)
+
+
+def _paired_sections(rows: list) -> list[str]:
+    """report.md's paired tests over (seed, device) and the evaluation's standard errors
+    (simfed/report/stats.py)."""
+    from simfed.report.stats import paired_markdown, standard_error_markdown
+
+    return ["## Paired tests", "", paired_markdown(rows), "## Evaluation precision", "",
+            standard_error_markdown(rows)]
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -1,12 +1,23 @@
-"""Per-device perplexity and next-token accuracy on a deterministic set of windows.
+"""Per-device perplexity and next-token accuracy, with a standard error, on deterministic windows.
 
-The windows are evenly spaced over the split (`fixed_windows`), the same for every method and
-every round, so two evaluations differ only because the model did. Perplexity is
-exp(mean token cross-entropy) over all predicted tokens of those windows.
+Two choices of windows (`training.eval_windows`), both the same for every method and round, so two
+evaluations differ only because the model did:
+- a number n: n windows of seq_len+1 tokens evenly spaced over the split (`fixed_windows`);
+- "all": the whole split, cut into consecutive windows of seq_len+1 tokens that overlap by one
+  token (stride seq_len), so every token after the first is predicted exactly once — all but the
+  last (len − 1) mod seq_len tokens, which do not fill a window (under one window's worth).
+Perplexity is exp(mean token cross-entropy) over all predicted tokens of those windows.
+
+Standard error: the windows are the sampling units (tokens within a window are correlated, so a
+per-token SE would be far too small). With L_w the mean CE of window w (all windows have the same
+length) the mean CE is mean(L_w), its SE s(L_w)/√n (s the sample std), and perplexity's SE by the
+delta method exp'(m)·SE = ppl · SE(mean CE). One window: NaN. The SE says how much the number would
+move on another sample of the device's text; it is not the seed-to-seed spread of training.
 """
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
@@ -16,26 +27,56 @@ from simfed.data.federated import fixed_windows
 from simfed.learn.adapters import AdaptedModel, DeviceAdapters
 from simfed.learn.methods.base import EvalResult
 
+ALL = "all"  # training.eval_windows: the whole split
+
 
 @torch.no_grad()
 def evaluate_windows(
     model: AdaptedModel, adapters: DeviceAdapters | None, windows: np.ndarray, batch_size: int = 8
 ) -> EvalResult:
-    """Mean CE → perplexity, and next-token accuracy, of `adapters` on the base model."""
+    """Mean CE → perplexity, next-token accuracy and perplexity's standard error, of `adapters`
+    on the base model, `batch_size` windows a forward."""
     total_loss, total_correct, total_tokens = 0.0, 0, 0
+    window_losses: list[np.ndarray] = []  # mean CE of each window
     with model.using(adapters):
         for start in range(0, len(windows), batch_size):
             chunk = torch.as_tensor(np.asarray(windows[start : start + batch_size], dtype=np.int64), device=model.device)
             logits = model.logits(chunk[:, :-1]).float()
             targets = chunk[:, 1:]
-            total_loss += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"))
+            flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+            # the total keeps its own summed reduction: the perplexities of earlier runs, bit for bit
+            total_loss += float(F.cross_entropy(flat_logits, flat_targets, reduction="sum"))
+            per_token = F.cross_entropy(flat_logits, flat_targets, reduction="none").reshape(targets.shape)
+            window_losses.append(per_token.double().mean(dim=1).cpu().numpy())
             total_correct += int((logits.argmax(-1) == targets).sum())
             total_tokens += targets.numel()
     mean = total_loss / max(total_tokens, 1)
-    return EvalResult(ppl=math.exp(mean), acc=total_correct / max(total_tokens, 1), n_tokens=total_tokens)
+    ppl = math.exp(mean)
+    return EvalResult(ppl=ppl, acc=total_correct / max(total_tokens, 1), n_tokens=total_tokens,
+                      ppl_se=ppl * mean_standard_error(np.concatenate(window_losses) if window_losses else np.zeros(0)))
 
 
-def evaluation_windows(tokens: np.ndarray, seq_len: int, n_windows: int) -> np.ndarray:
-    """The deterministic evaluation windows of a split (at most as many as fit)."""
+def mean_standard_error(values: np.ndarray) -> float:
+    """s / √n of a sample (n − 1 in s); NaN for fewer than two values."""
+    if len(values) < 2:
+        return math.nan
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def evaluation_windows(tokens: np.ndarray, seq_len: int, n_windows: int | Literal["all"]) -> np.ndarray:
+    """The deterministic evaluation windows of a split: `n_windows` evenly spaced ones (at most as
+    many as fit), or with "all" the whole split in consecutive windows (module docstring)."""
+    if n_windows == ALL:
+        return tiled_windows(tokens, seq_len)
     n_fit = max(1, (len(tokens) - 1) // seq_len)
     return fixed_windows(tokens, seq_len, min(n_windows, n_fit))
+
+
+def tiled_windows(tokens: np.ndarray, seq_len: int) -> np.ndarray:
+    """(n, seq_len+1) windows at starts 0, seq_len, 2·seq_len, ...: window i predicts tokens
+    i·seq_len + 1 … (i+1)·seq_len, so together they predict every token once (but the tail)."""
+    n = (len(tokens) - 1) // seq_len
+    if n < 1:
+        return fixed_windows(tokens, seq_len, 1)  # raises the split-too-short error with its advice
+    starts = np.arange(n, dtype=np.int64) * seq_len
+    return np.asarray(tokens)[starts[:, None] + np.arange(seq_len + 1)].astype(np.int64)

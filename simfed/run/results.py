@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 METRICS_HEADER = ("method", "seed", "round", "sim_time_s", "bytes_up", "bytes_down",
-                  "energy_j", "device", "ppl", "acc")
+                  "energy_j", "device", "ppl", "acc", "ppl_se")
+# ppl_se: the standard error of ppl over the device's evaluation windows (simfed/learn/evaluate.py);
+# on the mean row that of the mean over devices, √(Σ se_d²) / D (devices evaluated independently)
 MEAN_DEVICE = "mean"  # the `device` of the row holding the mean over devices
 # what summary.json holds for every method (and seed); None where not measured
-SUMMARY_KEYS = ("final_mean_ppl", "final_mean_acc", "sim_time_s", "bytes_up", "bytes_down",
+SUMMARY_KEYS = ("final_mean_ppl", "final_mean_acc", "final_mean_ppl_se", "sim_time_s", "bytes_up", "bytes_down",
                 "energy_j", "rounds", "updates_aggregated", "dropouts", "stragglers",
                 "wasted_compute_s", "wasted_bytes")
 STATUSES = ("running", "complete", "interrupted", "failed")
@@ -42,6 +44,19 @@ def _number(value: Any) -> Any:
 def _mean(values: Sequence[float]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.nan
+
+
+def _se_of_mean(ses: Sequence[float]) -> float:
+    """Standard error of a mean of D independent estimates with these SEs: √(Σ se²) / D; NaN
+    unless every one is known."""
+    if not ses or any(se is None or not math.isfinite(se) for se in ses):
+        return math.nan
+    return math.sqrt(sum(se * se for se in ses)) / len(ses)
+
+
+def _blank_nan(value: float) -> Any:
+    """An unknown standard error is an empty CSV cell (read back as NaN)."""
+    return "" if value is None or not math.isfinite(value) else value
 
 
 class RunDirectory:
@@ -140,18 +155,20 @@ class RunDirectory:
 
     def log_evaluation(self, method: str, seed: int, round_index: int, sim_time_s: float,
                        bytes_up: int, bytes_down: int, energy_j: float,
-                       per_device: Mapping[Any, tuple[float, float]]) -> dict[str, Any]:
+                       per_device: Mapping[Any, tuple[float, ...]]) -> dict[str, Any]:
         """Write one row per device and a `mean` row; bytes and energy are cumulative for the
-        method/seed so far. `per_device` maps a device id to (perplexity, accuracy).
-        Returns the mean row as a dict."""
+        method/seed so far. `per_device` maps a device id to (perplexity, accuracy[, perplexity's
+        standard error]). Returns the mean row as a dict."""
         common = (method, seed, round_index, sim_time_s, bytes_up, bytes_down, energy_j)
-        for device, (ppl, acc) in per_device.items():
-            self._metrics.writerow(common + (device, ppl, acc))
-        mean_ppl = _mean([p for p, _ in per_device.values()])
-        mean_acc = _mean([a for _, a in per_device.values()])
-        self._metrics.writerow(common + (MEAN_DEVICE, mean_ppl, mean_acc))
+        values = {device: (v[0], v[1], v[2] if len(v) > 2 else math.nan) for device, v in per_device.items()}
+        for device, (ppl, acc, se) in values.items():
+            self._metrics.writerow(common + (device, ppl, acc, _blank_nan(se)))
+        mean_ppl = _mean([p for p, _, _ in values.values()])
+        mean_acc = _mean([a for _, a, _ in values.values()])
+        mean_se = _se_of_mean([se for _, _, se in values.values()])
+        self._metrics.writerow(common + (MEAN_DEVICE, mean_ppl, mean_acc, _blank_nan(mean_se)))
         self._metrics_file.flush()
-        row = dict(zip(METRICS_HEADER, common + (MEAN_DEVICE, mean_ppl, mean_acc)))
+        row = dict(zip(METRICS_HEADER, common + (MEAN_DEVICE, mean_ppl, mean_acc, mean_se)))
         self._last_mean[(method, seed)] = row
         return row
 
@@ -163,7 +180,8 @@ class RunDirectory:
         entry: dict[str, Any] = {key: None for key in SUMMARY_KEYS}
         last = self._last_mean.get((method, seed))
         if last is not None:
-            entry.update(final_mean_ppl=last["ppl"], final_mean_acc=last["acc"])
+            entry.update(final_mean_ppl=last["ppl"], final_mean_acc=last["acc"],
+                         final_mean_ppl_se=last.get("ppl_se"))
         entry.update({k: v for k, v in stats.items()})
         if measured_model is not None:
             entry["measured_model"] = measured_model
@@ -178,7 +196,7 @@ class RunDirectory:
         last = self._last_mean[(method, seed)]
         entry: dict[str, Any] = {key: None for key in SUMMARY_KEYS}
         entry.update(final_mean_ppl=last["ppl"], final_mean_acc=last["acc"],
-                     sim_time_s=last["sim_time_s"], bytes_up=last["bytes_up"],
+                     final_mean_ppl_se=last.get("ppl_se"), sim_time_s=last["sim_time_s"], bytes_up=last["bytes_up"],
                      bytes_down=last["bytes_down"], energy_j=last["energy_j"],
                      rounds=last["round"], finished=False)
         return entry
@@ -289,9 +307,9 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
                     row[key] = int(float(raw[key]))
                 except (TypeError, ValueError):
                     row[key] = 0
-            for key in ("sim_time_s", "energy_j", "ppl", "acc"):
+            for key in ("sim_time_s", "energy_j", "ppl", "acc", "ppl_se"):
                 try:
-                    row[key] = float(raw[key])
+                    row[key] = float(raw.get(key))  # ppl_se: absent in runs before it existed
                 except (TypeError, ValueError):
                     row[key] = math.nan
             rows.append(row)

@@ -60,13 +60,13 @@ def pick_device(choice: str) -> torch.device:
 
 @dataclass
 class Evaluation:
-    """Per-device (ppl, acc) of one evaluation."""
+    """Per-device (ppl, acc, ppl's standard error) of one evaluation."""
 
-    per_device: dict[int, tuple[float, float]]
+    per_device: dict[int, tuple[float, float, float]]
 
     @property
     def mean_ppl(self) -> float:
-        return sum(p for p, _ in self.per_device.values()) / len(self.per_device)
+        return sum(v[0] for v in self.per_device.values()) / len(self.per_device)
 
 
 @dataclass
@@ -248,7 +248,7 @@ def evaluate_all(method: Method, n_clients: int) -> Evaluation:
     results = {}
     for c in range(n_clients):
         r = method.evaluate(c, "test")
-        results[c] = (r.ppl, r.acc)
+        results[c] = (r.ppl, r.acc, r.ppl_se)
     return Evaluation(results)
 
 
@@ -261,7 +261,7 @@ def evaluate_pretrained(model: AdaptedModel, users: list[UserData], seq_len: int
     results = {}
     for c, user in enumerate(users):
         r = evaluate_windows(model, None, evaluation_windows(user.test, seq_len, n_windows))
-        results[c] = (r.ppl, r.acc)
+        results[c] = (r.ppl, r.acc, r.ppl_se)
     return Evaluation(results)
 
 

@@ -24,6 +24,17 @@ def evaluate(run, method, seed, rnd, ppls):
                               bytes_down=2000 * rnd, energy_j=5.0 * rnd, per_device=per_device)
 
 
+def test_standard_errors_per_device_and_of_the_mean(tmp_path):
+    # devices with SE 3 and 4: the mean of two independent estimates has SE √(3² + 4²) / 2 = 2.5
+    with make(tmp_path) as run:
+        mean = run.log_evaluation("comigs", 0, 1, 60.0, 10, 20, 1.0, per_device={0: (10.0, 0.5, 3.0), 1: (30.0, 0.4, 4.0)})
+    assert mean["ppl_se"] == 2.5
+    rows = read_metrics(run.path)
+    assert [r["ppl_se"] for r in rows] == [3.0, 4.0, 2.5]
+    summary = json.loads((run.path / "summary.json").read_text())
+    assert summary["methods"]["comigs"]["final_mean_ppl_se"] == 2.5
+
+
 def test_layout_and_collision_safe_names(tmp_path):
     a, b = make(tmp_path), make(tmp_path)
     assert a.path == tmp_path / "demo" / "20250102-030405"
@@ -41,10 +52,10 @@ def test_rows_are_readable_while_the_writer_is_open(tmp_path):
         rows = list(csv.reader(f))
     assert tuple(rows[0]) == METRICS_HEADER
     assert rows[1:] == [
-        ["comigs", "0", "1", "600.0", "1000", "2000", "5.0", "0", "10.0", "0.0"],
-        ["comigs", "0", "1", "600.0", "1000", "2000", "5.0", "1", "30.0", "0.1"],
-        ["comigs", "0", "1", "600.0", "1000", "2000", "5.0", "mean", "20.0", "0.05"],
-    ]
+        ["comigs", "0", "1", "600.0", "1000", "2000", "5.0", "0", "10.0", "0.0", ""],
+        ["comigs", "0", "1", "600.0", "1000", "2000", "5.0", "1", "30.0", "0.1", ""],
+        ["comigs", "0", "1", "600.0", "1000", "2000", "5.0", "mean", "20.0", "0.05", ""],
+    ]  # no standard errors given: empty ppl_se cells
     run.log_event("comigs", 0, SimEvent(t=1.5, kind="upload_end", round=0, device=3, bytes=10))
     run.log_event("comigs", 0, {"t": 2.0, "kind": "round_end", "round": 0, "device": None})
     lines = (run.path / "events.jsonl").read_text().splitlines()

@@ -55,6 +55,7 @@ class EvalResult:
     ppl: float
     acc: float
     n_tokens: int
+    ppl_se: float = float("nan")  # standard error of ppl over the evaluation windows (simfed/learn/evaluate.py)
 
 
 Split = Literal["train", "val", "test"]
