@@ -25,6 +25,9 @@ smallest p the pairs could give, never by a count of wins alone:
                 help the shared generalist: d = ppl(comigs-1g1s) − ppl(comigs-1gxs) on the
                 data-poor devices 1..3, per (seed, device). H1: d > 0.
 
+A study whose name holds several prefixes after `_` runs each of their checks
+(scenarios/cpu_scale/table1_table4_multilingual.yaml: Table 1's and Table 4's on one run).
+
 Verdict at the 5 % level: HOLDS (p < 0.05), "right direction, not significant" (p ≥ 0.05 with
 the mean difference on the claimed side), or DOES NOT HOLD. A claim that does not hold is printed
 as such, with its numbers.
@@ -167,20 +170,27 @@ CHECKS = {"table1_": table1, "table4_": table4, "dataqty_overprovisioned_": over
           "dataqty_rich_specialists_": rich_specialists}
 
 
+def checks_for(name: str) -> list:
+    """The checks a study runs: those whose prefix starts the name or one of its `_`-separated
+    parts (scenarios/cpu_scale/table1_table4_multilingual runs both Table 1's and Table 4's)."""
+    return [f for prefix, f in CHECKS.items() if name.startswith(prefix) or f"_{prefix}" in name]
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__)
         return 2
     for run_dir in map(Path, argv):
         name = yaml.safe_load((run_dir / "scenario.resolved.yaml").read_text())["name"]
-        check = next((f for prefix, f in CHECKS.items() if name.startswith(prefix)), None)
+        checks = checks_for(name)
         print(f"{name} ({run_dir}):")
-        if check is None:
+        if not checks:
             print("  no claim is checked on this study")
             continue
         rows = read_metrics(run_dir)
-        for line in check(rows):
-            print(line)
+        for check in checks:
+            for line in check(rows):
+                print(line)
     return 0
 
 

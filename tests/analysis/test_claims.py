@@ -123,6 +123,12 @@ def test_rich_specialists_tests_the_data_poor_devices(claims, capsys, tmp_path):
     assert "9 pairs" in out and f"HOLDS (p = {1 / 2 ** 9:.3g})" in out
 
 
+def test_a_combined_study_runs_both_checks(claims):
+    assert claims.checks_for("table1_table4_multilingual") == [claims.table1, claims.table4]
+    assert claims.checks_for("dataqty_overprovisioned_multilingual_cpu") == [claims.overprovisioned]
+    assert claims.checks_for("table2_multilingual") == []
+
+
 def test_a_study_without_a_claim(claims, capsys, tmp_path):
     out = run_lines(claims, capsys, write_run(tmp_path / "r", "table2_multilingual", {("hetlora", 0, "0"): [10.0]}))
     assert "no claim is checked on this study" in out
