@@ -4,6 +4,7 @@ Hub datasets are only fetched at run time, so this checks structure, model cards
 """
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,10 @@ from simfed.config import load_scenario
 from simfed.data.spec import parse_source
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((ROOT / "scenarios").glob("*.yaml")) + sorted((ROOT / "scenarios" / "paper").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "scenarios").glob("**/*.yaml"))  # every folder: paper/, paper_scale/, cpu_scale/
 PAPER = sorted((ROOT / "scenarios" / "paper").glob("*.yaml"))
+PAPER_SCALE = sorted((ROOT / "scenarios" / "paper_scale").glob("*.yaml"))
+CPU_SCALE = sorted((ROOT / "scenarios" / "cpu_scale").glob("*.yaml"))
 
 
 def test_there_are_paper_studies():
@@ -73,3 +76,56 @@ def test_a_scenario_naming_an_unset_trace_folder_says_which_variable(monkeypatch
     assert main(["validate", str(ROOT / "scenarios" / "phones_diurnal_day_trace.yaml")]) == 2
     err = capsys.readouterr().err
     assert "SIMFED_TRACES is not set" in err and "phones_diurnal_day_trace.yaml:" in err
+
+
+def test_paper_scale_mirrors_every_paper_study():
+    assert sorted(p.name for p in PAPER_SCALE) == sorted(p.name for p in PAPER)
+
+
+def assert_ideal_world(s) -> None:
+    world = s.world
+    assert world.dropout.hazard_per_hour == 0 and world.compute_noise_sigma == 0
+    assert world.device_spread_sigma == 0 and world.link_spread_sigma == 0
+    assert world.server.target_per_round == world.n_devices and world.server.over_selection == 1
+
+
+@pytest.mark.parametrize("path", PAPER_SCALE, ids=lambda p: p.name)
+def test_paper_scale_has_appendix_b_hyper_parameters(path):
+    # the paper's Appendix B: 20 rounds (50 for SlimPajama, our domain split), 10 local iterations
+    # of 64 × 128 tokens, tau 30, 10 router steps, lr 2e-3 (router too), rank 8, LB 0.01, 3 seeds
+    s, twin = load_scenario(path), load_scenario(ROOT / "scenarios" / "paper" / path.name)
+    assert s.name == f"{path.stem}_paper_scale" and s.seeds == [0, 1, 2]
+    assert s.world.server.rounds == (50 if "_domains" in path.stem else 20)
+    t = s.training
+    assert (t.local_steps, t.batch_size, t.seq_len, t.lr, t.eval_windows) == (10, 64, 128, 2e-3, "all")
+    for m in s.methods:
+        assert (m.tau, m.router_steps, m.router_lr, m.rank, m.lb_lambda) == (30, 10, 2e-3, 8, 0.01)
+        if path.stem.startswith("table2_") and m.kind == "comigs":
+            assert m.lb_form == "generalist"  # the paper's Table 2 numbers use it
+    assert [m.name for m in s.methods] == [m.name for m in twin.methods]
+    assert s.world.fleet == twin.world.fleet and s.model == twin.model
+    assert_ideal_world(s)
+    text = path.read_text()
+    assert "NOT RUN" in text and "Estimate: ≈" in text and "How: analysis/study_cost.py" in text
+
+
+@pytest.mark.parametrize("path", CPU_SCALE, ids=lambda p: p.name)
+def test_cpu_scale_routers_get_at_least_40_steps(path):
+    s = load_scenario(path)
+    assert s.seeds == [0, 1, 2] and s.training.eval_windows == "all"
+    steps = s.world.server.rounds * s.training.local_steps  # expert steps a device in a run
+    for m in s.methods:
+        if m.kind == "comigs":  # router phases every tau expert steps (a global counter)
+            assert (steps // m.tau) * m.router_steps >= 40, m.name
+        elif m.kind in ("local_moe", "fedavg_moe", "pfedmoe"):  # router trained with the experts
+            assert steps >= 40, m.name
+    assert_ideal_world(s)
+    assert "NOT RUN" in path.read_text() and "How: analysis/study_cost.py" in path.read_text()
+
+
+def test_cpu_scale_covers_the_four_claims():
+    spec = importlib.util.spec_from_file_location("analysis_claims", ROOT / "analysis" / "claims.py")
+    claims = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claims)
+    checks = [c for p in CPU_SCALE for c in claims.checks_for(load_scenario(p).name)]
+    assert sorted(c.__name__ for c in checks) == ["overprovisioned", "rich_specialists", "table1", "table4"]
