@@ -103,8 +103,11 @@ def table1(rows: list[dict]) -> list[str]:
             where = f"{(mix - better) / (worse - better):.0%} of the way from the better to the worse" if worse > better \
                 else "equal"
         out.append(f"  seed {s}: 2G {g:.2f}  2S {sp:.2f}  1G1S {mix:.2f}  (better: {'2G' if g < sp else '2S'}) → 1G1S {where}")
-    mix, gen = pairs(ppl, "comigs-1g1s", "comigs-2g")
-    _, spec = pairs(ppl, "comigs-1g1s", "comigs-2s")
+    keys = sorted((s, d) for (m, s, d) in ppl if m == "comigs-1g1s" and d != "mean"
+                  and ("comigs-2g", s, d) in ppl and ("comigs-2s", s, d) in ppl)
+    mix = [ppl[("comigs-1g1s", *k)] for k in keys]
+    gen = [ppl[("comigs-2g", *k)] for k in keys]
+    spec = [ppl[("comigs-2s", *k)] for k in keys]
     midpoint = [(a + b) / 2 for a, b in zip(gen, spec)]
     test = paired_test(mix, midpoint, "less")
     out.append(test_line("ppl(1G1S) − midpoint(2G, 2S) per (seed, device)", test))
