@@ -45,17 +45,39 @@ class MarkovSpec(_Strict):
 class TraceSpec(_Strict):
     """Replay of recorded ready periods, in the FLASH/FLHetBench format
     `{client: {trace_start, trace_end, ready_time: [[start_s, end_s], ...]}}`. Each device is
-    given one client of the file (drawn from its own random stream); the client's trace is
-    shifted to start at sim time 0 and repeats with period trace_end - trace_start."""
+    given one client of the file.
+
+    clock: common (default) replays every client on the trace's one clock, so the time of day
+    the trace recorded survives (FLASH: 2.1x swing over the day, peak 04:00). Sim time 0 is trace
+    time T0: the trace's earliest trace_start (+ offset_s), moved on to the next `start_hour`
+    o'clock of the trace's clock (timestamp mod 86400) if one is given. At trace time T a client
+    is looked up at T shifted by whole days into its recorded window [trace_start, trace_end):
+    it repeats every floor(length / 1 day) days (at least one day; the part of a day a shorter
+    client did not record is offline), so a client keeps its hours whatever day it is replayed on.
+    clock: own is the old replay: each client shifted to start at sim time 0 (+ offset_s) and
+    repeated with its own length, losing the time of day.
+
+    clients: distinct (default) gives the devices replaying one file distinct clients (a random
+    permutation per run) while the file has enough of them, then a fresh permutation for the next
+    block of devices; independent draws each device's client on its own (with replacement)."""
 
     kind: Literal["trace"]
     path: str  # JSON file, relative to the working directory; ~ and $VARS are expanded
-    offset_s: float = Field(0.0, ge=0)  # start this many seconds into each client's trace
+    offset_s: float = Field(0.0, ge=0)  # start this many seconds into the trace (own: into each client's trace)
+    clock: Literal["common", "own"] = "common"  # one clock for all clients (time of day kept), or each its own
+    start_hour: float | None = Field(None, ge=0, lt=24)  # common clock: hour of the trace's day at sim time 0; None = the trace's earliest start
+    clients: Literal["distinct", "independent"] = "distinct"  # devices get distinct clients (without replacement) or independent draws
 
     @field_validator("path")
     @classmethod
     def _expand(cls, value: str) -> str:
         return expand_path(value)
+
+    @model_validator(mode="after")
+    def _start_hour_needs_the_common_clock(self) -> "TraceSpec":
+        if self.clock == "own" and self.start_hour is not None:
+            raise ValueError("start_hour needs clock: common (clock: own replays each client from its own start)")
+        return self
 
 
 class DiurnalSpec(_Strict):

@@ -129,10 +129,13 @@ def test_trace_replay_merges_shifts_and_repeats(tmp_path):
     path.write_text(json.dumps({"a": {"trace_start": 1000.0, "trace_end": 1100.0,
                                       "ready_time": [[1010.0, 1020.0], [1015.0, 1030.0], [1050.0, 1050.0],
                                                      [1090.0, 1100.0]]}}))
-    periods = list(itertools.islice(timeline(TraceSpec(kind="trace", path=str(path)), 0, 0).periods(), 7))
+    periods = list(itertools.islice(timeline(TraceSpec(kind="trace", path=str(path), clock="own"), 0, 0).periods(), 7))
     # on 10-30, on 90-100 then (next cycle) on 100-120 ...
     assert periods == [(False, 10.0), (True, 20.0), (False, 60.0), (True, 10.0), (False, 10.0), (True, 20.0),
                        (False, 60.0)]
+    # on the common clock a 100 s client repeats once a day: the rest of the day is offline
+    common = list(itertools.islice(timeline(TraceSpec(kind="trace", path=str(path)), 0, 0).periods(), 5))
+    assert common == [(False, 10.0), (True, 20.0), (False, 60.0), (True, 10.0), (False, 86400.0 - 100.0 + 10.0)]
 
 
 # ../shared beside the checkout (as laid for sessions and CI); the trace is never committed
