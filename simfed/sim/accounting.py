@@ -9,6 +9,8 @@ Definitions (see events.py for which event carries what):
   (bytes and energy): it keeps its local training, so its compute is not counted as wasted.
 - dropouts, stragglers, stale: counts of `dropped`, `straggler` and `stale` events (a stale
   update, asynchronous policies only, wastes its upload like a straggler).
+- diverged: updates the server refused as non-finite (`diverged` events), each wasting its
+  device's whole round; diverged_updates lists them as [device, round].
 """
 from __future__ import annotations
 
@@ -25,11 +27,14 @@ class Tally:
     energy_j: float = 0.0  # joules, all devices
     flops: float = 0.0  # FLOPs executed, including cut work
     compute_s: float = 0.0  # device compute seconds, including cut work
-    rounds: int = 0  # rounds closed
+    rounds: int = 0  # rounds closed and merged (abandoned ones not counted)
+    abandoned_rounds: int = 0  # sync rounds closed with fewer than server.min_reports reports
     updates_aggregated: int = 0  # updates the server merged
     dropouts: int = 0
     stragglers: int = 0
     stale: int = 0  # async: updates dropped as too stale
+    diverged: int = 0  # updates refused as non-finite
+    diverged_updates: list[tuple[int, int]] = field(default_factory=list)  # (device, round) of each
     wasted_compute_s: float = 0.0
     wasted_bytes: int = 0
     wasted_energy_j: float = 0.0
@@ -62,8 +67,15 @@ class Tally:
         elif kind == "stale":
             self.stale += 1
             self._waste(event)
+        elif kind == "diverged":
+            self.diverged += 1
+            self.diverged_updates.append((event.device, event.round))
+            self._waste(event)
         elif kind == "aggregated":
             self.updates_aggregated += event.count
+            self.round_open = False
+        elif kind == "round_end" and event.reason == "abandoned":
+            self.abandoned_rounds += 1
             self.round_open = False
         elif kind == "round_end":
             self.rounds += 1
@@ -103,10 +115,12 @@ class Tally:
 
     def as_summary(self) -> dict[str, Any]:
         return {
-            "sim_time_s": self.sim_time_s, "rounds": self.rounds, "updates_aggregated": self.updates_aggregated,
+            "sim_time_s": self.sim_time_s, "rounds": self.rounds, "abandoned_rounds": self.abandoned_rounds,
+            "updates_aggregated": self.updates_aggregated,
             "bytes_down": self.bytes_down, "bytes_up": self.bytes_up, "energy_j": self.energy_j,
             "flops": self.flops, "compute_s": self.compute_s,
             "dropouts": self.dropouts, "stragglers": self.stragglers, "stale": self.stale,
+            "diverged": self.diverged, "diverged_updates": [list(u) for u in self.diverged_updates],
             "wasted_bytes": self.wasted_bytes, "wasted_compute_s": self.wasted_compute_s,
             "wasted_energy_j": self.wasted_energy_j,
             "in_flight": self.in_flight, "straggling": self.straggling, "round_dropped": self.round_dropped,

@@ -55,3 +55,11 @@ def failure_after_s(seed: int, device: int, round_index: int, hazard_per_hour: f
         return math.inf
     u = stream(seed, Purpose.DROPOUT, device, round_index).random()
     return -math.log1p(-u) * 3600.0 / hazard_per_hour
+
+
+def recovery_seconds(seed: int, device: int, round_index: int, mean_s: float) -> float:
+    """How long `device` stays offline after a hazard dropout in round `round_index`: exponential
+    with mean `mean_s` (0: not at all). From the (seed, RECOVERY, device, round) stream."""
+    if mean_s <= 0:
+        return 0.0
+    return float(stream(seed, Purpose.RECOVERY, device, round_index).exponential(mean_s))

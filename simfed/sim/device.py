@@ -49,7 +49,11 @@ class Devices:
         self.on_ready = on_ready
         self.server = server
         self.working: dict[int, Device] = {}  # device id -> its actor, while it works for a round
+        self.delivered: dict[int, tuple[int, float, float]] = {}  # device -> (bytes, compute s, J) of its last delivered round
         self.excluded = np.zeros(len(profiles), dtype=bool)  # never selected (world.memory_policy: exclude)
+        self.refuse_late = False  # server.late_reports: refuse (sync): a straggler checks in and is told no
+        self.client_timeout_s: float | None = None  # server.client_timeout_s (async): a cut device's slot is held
+        self.lost_slots = 0  # async: cut devices the server has not yet timed out
 
     def __len__(self) -> int:
         return len(self.profiles)
@@ -60,28 +64,47 @@ class Devices:
 
     @property
     def busy_count(self) -> int:
-        return len(self.working)
+        """Concurrency slots taken: devices working, and cut ones the server still waits for."""
+        return len(self.working) + self.lost_slots
+
+    def hold_slot(self, d: int, dispatched_at: float) -> None:
+        """Device `d`, dispatched at `dispatched_at`, was cut: with a client timeout the server
+        only frees its slot `client_timeout_s` after the dispatch (at once if that has passed)."""
+        if self.client_timeout_s is None:
+            return
+        remaining = dispatched_at + self.client_timeout_s - self.env.now
+        if remaining <= 0:
+            return
+        self.lost_slots += 1
+
+        def timed_out(_event) -> None:
+            self.lost_slots -= 1
+            self.on_ready()
+
+        self.env.timeout(remaining).callbacks.append(timed_out)
 
     def next_online(self) -> simpy.Event:
         """Fires when the first device now offline comes online (never, if none will)."""
         self.presence.advance(self.env.now)
-        t = self.presence.next_online_s()
+        t = self.presence.next_online_s(self.env.now)
         return self.env.event() if math.isinf(t) else timeout_at(self.env, t)
 
     def join(self, d: int, rnd: RoundPort, cost: RoundCost, slowdown: float, fail_after_s: float,
-             workload: Workload, emit: Emit, link_factors: tuple[float, float] = (1.0, 1.0)) -> None:
+             workload: Workload, emit: Emit, link_factors: tuple[float, float] = (1.0, 1.0),
+             recovery_s: float = 0.0) -> None:
         """Device `d` takes part in `rnd`: it works through it unless it fails `fail_after_s` into it.
         `link_factors` scale its (down, up) rates for this round (a trace-driven link's variation)."""
         assert self.presence.online[d] and not self.presence.busy[d], \
             f"device {d} joined round {rnd.index} while offline or busy"
         device = self.working[d] = Device(self, self.profiles[d], link_factors)
+        device.recovery_s = recovery_s
         self.presence.busy[d] = True
         device.join(rnd, cost, slowdown, fail_after_s, workload, emit)
 
     def release(self, d: int) -> None:
         del self.working[d]
         self.presence.busy[d] = False
-        if self.presence.online[d]:
+        if self.presence.online[d] and self.presence.held[d] <= self.env.now:
             self.on_ready()
         else:  # cut by going offline: a server waiting for a free slot looks again when anyone comes online
             self.next_online().callbacks.append(lambda _event: self.on_ready())
@@ -108,6 +131,7 @@ class Device:
         self.id = profile.device_id
         self.link = Link.of(devices.env, profile, devices.server, link_factors)
         self.work: Process | None = None  # the round being worked on
+        self.recovery_s = 0.0  # offline this long after a hazard dropout (dropout.recovery_mean_s)
         self._watch: simpy.Event | None = None  # fires when the current availability period ends
 
     def join(self, rnd: RoundPort, cost: RoundCost, slowdown: float, fail_after_s: float,
@@ -165,6 +189,7 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
     """Download the server's payload, train locally, upload the update, hand it in."""
     d, r, link, profile = device.id, rnd.index, device.link, device.profile
     spend = Spend()
+    dispatched_at = env.now
 
     def begin(phase: Phase, planned_s: float, planned: float) -> None:
         spend.phase, spend.phase_start, spend.planned_s, spend.planned = phase, env.now, planned_s, planned
@@ -191,6 +216,13 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
         workload.on_compute_done(d, r)  # the real training; takes host time, no sim time
         emit(SimEvent(env.now, "compute_end", r, d, flops=cost.flops, seconds=spend.planned_s, energy_j=energy))
 
+        if device.devices.refuse_late and rnd.closed_at is not None:  # late: check in, be told no, send nothing
+            yield env.timeout(link.latency_s)
+            emit(SimEvent(env.now, "straggler", r, d, reason="refused", late_s=env.now - rnd.closed_at,
+                          seconds=link.latency_s, wasted_bytes=0, wasted_compute_s=0.0, wasted_energy_j=0.0))
+            device.release()
+            return
+
         begin("upload", link.seconds("up", cost.upload_bytes), cost.upload_bytes)
         emit(SimEvent(env.now, "upload_start", r, d, planned_bytes=cost.upload_bytes, planned_s=spend.planned_s))
         spend.transfer = link.transfer("up", cost.upload_bytes)
@@ -200,9 +232,13 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
                       energy_j=upload_energy))
     except Interrupt as cut:
         emit(dropped_event(env.now, r, device, spend, str(cut.cause)))
+        if cut.cause == "hazard" and device.recovery_s > 0:  # no longer eligible: back after its recovery
+            device.devices.presence.held[d] = env.now + device.recovery_s
+        device.devices.hold_slot(d, dispatched_at)
         device.release()
         return
     device.release()
+    device.devices.delivered[d] = (spend.bytes + cost.upload_bytes, spend.compute_s, spend.energy_j + upload_energy)
     if not rnd.deliver(d):
         emit(rnd.rejected(d, env.now, cost.upload_bytes, upload_energy))
 

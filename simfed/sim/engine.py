@@ -52,6 +52,8 @@ class Engine:
         devices = Devices(env, self.fleet, self.presence, doorbell.ring, side)
         self.excluded = self._memory_excluded()
         devices.excluded[self.excluded] = True
+        devices.refuse_late = spec.policy == "sync" and spec.late_reports == "refuse"
+        devices.client_timeout_s = spec.client_timeout_s if spec.policy != "sync" else None
         policy = server if spec.policy == "sync" else async_server
         rounds = env.process(policy(env, self.world, devices, doorbell, self.workload, self.seed, self.emit))
         limit = self.world.server.max_sim_time_s

@@ -26,9 +26,15 @@ The resource totals can be recomputed from the stream alone; each unit is carrie
                             only the upload was for nothing)                  -> wasted
     stale           d       async only: follows its upload_end when the update is staler than
                             max_staleness; staleness, and wasted_* as for a straggler -> wasted
+    diverged        d       the server refuses the device's update at the merge: a non-finite
+                            upload or training loss (reason "non_finite"); it is left out of the
+                            `aggregated` event that follows; its bytes and energy were spent
+                            (counted by its *_end events), wasted_* = that round's spend -> wasted
     aggregated      -       devices (sorted ids whose update the server merges), count;
                             async also: stalenesses and weights (1/sqrt(1+s)), in the order of devices
-    round_end       -       reason (target|deadline; async: buffer), aggregated, selected, duration_s
+    round_end       -       reason (target|deadline|abandoned; async: buffer), aggregated, selected,
+                            duration_s; abandoned (fewer than server.min_reports reports): count =
+                            the reports it had, nothing merged, no aggregated event
 
 Asynchronous policies (fedbuff, fedasync): a round is one aggregation, i.e. one model version;
 round_start comes when the version becomes current (target = the buffer size K; `selected` and
@@ -39,7 +45,7 @@ the device's link alone, and its *_end `seconds` the time it really took.
 
 So: bytes_down = sum(bytes) over download_end and dropped with phase=download; bytes_up likewise
 with upload; energy_j = sum(energy_j) over all events; compute seconds = sum(seconds) over
-compute_end and dropped with phase=compute; wasted_* = sum over dropped, straggler and stale. Bytes
+compute_end and dropped with phase=compute; wasted_* = sum over dropped, straggler, stale and diverged. Bytes
 count what moved: a cut transfer counts the whole bytes that had arrived when it was cut
 (after the latency, at the link's rate). Work still in flight when the run stops appears only
 up to its last *_end event.
@@ -51,7 +57,7 @@ from typing import Any, Literal
 
 Kind = Literal[
     "round_start", "selected", "download_start", "download_end", "compute_start", "compute_end",
-    "upload_start", "upload_end", "dropped", "straggler", "stale", "aggregated", "round_end",
+    "upload_start", "upload_end", "dropped", "straggler", "stale", "diverged", "aggregated", "round_end",
 ]
 Phase = Literal["download", "compute", "upload"]
 

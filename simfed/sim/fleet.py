@@ -58,13 +58,17 @@ def _draw_device(device_id: int, group: DeviceGroupSpec, world: WorldSpec, seed:
     compute_sigma = tier.sigma if world.device_spread_sigma is None else world.device_spread_sigma
     link_sigma = link.sigma if world.link_spread_sigma is None else world.link_spread_sigma
     compute_factor = math.exp(compute_sigma * z_compute)  # lognormal, median 1
-    link_factor = math.exp(link_sigma * z_link)
+    link_factor = up_factor = math.exp(link_sigma * z_link)
+    rho = world.link_spread_correlation
+    if rho < 1:  # the uplink's own draw, correlated rho with the downlink's (only then drawn: old runs unchanged)
+        z_own = stream(seed, Purpose.UPLINK_SPREAD, device_id).standard_normal()
+        up_factor = math.exp(link_sigma * (rho * z_link + math.sqrt(1 - rho * rho) * z_own))
     flops_per_s = (group.flops_per_s or tier.flops_per_s) * compute_factor
     if group.compute_scores is not None:
         scores = load_scores(group.compute_scores, group.score_field)
         flops_per_s = (group.flops_per_s or tier.flops_per_s) * score_factor(scores, score_u)
     down_bps = (group.down_mbps or link.down_mbps) * MBPS * link_factor
-    up_bps = (group.up_mbps or link.up_mbps) * MBPS * link_factor
+    up_bps = (group.up_mbps or link.up_mbps) * MBPS * up_factor
     down_sigma_ln = up_sigma_ln = 0.0
     if group.link_trace is not None:
         users = load_link_users(group.link_trace)

@@ -159,6 +159,13 @@ class DropoutSpec(_Strict):
     """Mid-round failures while a device works for a round (download, compute, upload)."""
 
     hazard_per_hour: float = Field(0.0, ge=0)  # constant failure rate, per hour of active time
+    # After a hazard dropout the device is offline (not eligible) for an exponential time of this
+    # mean, then back on its availability timeline: in deployed FL a dropout is mostly a device that
+    # stops being eligible (unplugged, off Wi-Fi, in use; Bonawitz et al. 2019). 0 = back at once (the
+    # old model). FLASH (Yang et al. 2021), 1,000-client sample: the not-ready gaps between ready
+    # periods have a median of 8.5 min and a mean of 3.4 h (p90 11.7 h; 12,591 gaps); an exponential with the mean
+    # keeps the long-run share offline, the median is a lower bound.
+    recovery_mean_s: float = Field(0.0, ge=0)  # seconds
 
 
 class ServerSpec(_Strict):
@@ -182,6 +189,22 @@ class ServerSpec(_Strict):
     ingress_mbps: float | None = Field(None, gt=0)  # server download capacity for uploads, megabits/s, shared by concurrent uploads; None = unlimited
     egress_mbps: float | None = Field(None, gt=0)  # server upload capacity for downloads, megabits/s, shared by concurrent downloads; None = unlimited
     max_sim_time_s: float | None = Field(None, gt=0, allow_inf_nan=True)  # stop the run at this sim time, seconds; None = no limit
+    # sync: a round that closes with fewer reports is abandoned: nothing merged, not counted in
+    # `rounds`, counted in `abandoned_rounds` (Bonawitz et al. 2019: the server abandons rounds
+    # without enough reports). 0 = every round counts, even an empty one (the old model)
+    min_reports: int = Field(0, ge=0)
+    # sync: before selecting, wait up to this long for ceil(over_selection * target) devices to be
+    # online and idle (check-in window; Bonawitz et al. 2019 select from the devices checking in
+    # during a window); then select among those ready. 0 = select as soon as one is (the old model)
+    selection_window_s: float = Field(0.0, ge=0)
+    # sync: a straggler reaching its upload after the round closed either uploads in full anyway
+    # (upload, the old model) or checks in and is told no (refuse: one round trip, no bytes;
+    # Bonawitz et al. 2019: the server rejects late check-ins)
+    late_reports: Literal["upload", "refuse"] = "upload"
+    # async: the server learns that a device dropped this long after dispatching it (FedBuff-style
+    # servers time out clients; Nguyen et al. 2022 do not give a value): its concurrency slot stays
+    # taken until then. None = learns at the moment of the cut (the old model)
+    client_timeout_s: float | None = Field(None, gt=0)
 
     @property
     def buffer(self) -> int:
@@ -204,6 +227,9 @@ class WorldSpec(_Strict):
     compute_noise_sigma: float = Field(0.1, ge=0)  # lognormal run-to-run noise of compute time, per device per round (ln units; measured 2-13%)
     device_spread_sigma: float | None = Field(None, ge=0)  # lognormal spread of FLOP/s within a tier (ln units); None = the tier's own (0.5)
     link_spread_sigma: float | None = Field(None, ge=0)  # lognormal spread of throughput across users (ln units); None = the link's own (0.9)
+    # correlation rho of a device's uplink and downlink spread draws (ln units): z_up = rho z_down +
+    # sqrt(1 - rho^2) z_own. 1 = one draw for both (the old model: a slow line is slow both ways)
+    link_spread_correlation: float = Field(1.0, ge=-1, le=1)
     # a device trains only if base model + adapters (+ grads, AdamW moments) + activations fit its RAM
     # (simfed/learn/memory.py): ignore = never checked; exclude = the server never selects one that does not fit;
     # shrink = the method sizes the device as if it had less memory (fewer experts, lower rank) until its
