@@ -13,6 +13,7 @@ from simpy.events import Process
 from simpy.exceptions import Interrupt
 
 from simfed.sim.cost import compute_seconds
+from simfed.sim.energy import DeviceEnergy, EnergyModel
 from simfed.sim.events import Phase, SimEvent
 from simfed.sim.fleet import DeviceProfile
 from simfed.sim.network import Link, ServerSide, SharedTransfer, Transfer
@@ -54,6 +55,7 @@ class Devices:
         self.refuse_late = False  # server.late_reports: refuse (sync): a straggler checks in and is told no
         self.client_timeout_s: float | None = None  # server.client_timeout_s (async): a cut device's slot is held
         self.lost_slots = 0  # async: cut devices the server has not yet timed out
+        self.energy_model: EnergyModel = "per_unit"  # world.energy_model (simfed/sim/energy.py)
 
     def __len__(self) -> int:
         return len(self.profiles)
@@ -130,6 +132,7 @@ class Device:
         self.profile = profile
         self.id = profile.device_id
         self.link = Link.of(devices.env, profile, devices.server, link_factors)
+        self.energy = DeviceEnergy(devices.energy_model, profile)
         self.work: Process | None = None  # the round being worked on
         self.recovery_s = 0.0  # offline this long after a hazard dropout (dropout.recovery_mean_s)
         self._watch: simpy.Event | None = None  # fires when the current availability period ends
@@ -187,7 +190,7 @@ class Spend:
 def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: RoundCost,
                  slowdown: float, workload: Workload, emit: Emit):
     """Download the server's payload, train locally, upload the update, hand it in."""
-    d, r, link, profile = device.id, rnd.index, device.link, device.profile
+    d, r, link, profile, power = device.id, rnd.index, device.link, device.profile, device.energy
     spend = Spend()
     dispatched_at = env.now
 
@@ -200,17 +203,19 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
         workload.on_download(d, r)
         spend.transfer = link.transfer("down", cost.download_bytes)
         yield spend.transfer
-        energy = link.energy_j("down", cost.download_bytes)
+        compute_s = compute_seconds(cost.flops, profile.flops_per_s, slowdown, cost.activation_bytes,
+                                    profile.activation_bytes_per_s)
+        # the radio's tail runs on into the compute, until the upload wakes it again at the latest
+        energy = power.transfer_j("down", cost.download_bytes, spend.transfer.seconds) + power.tail_j(compute_s)
         spend.bytes += cost.download_bytes
         spend.energy_j += energy
         emit(SimEvent(env.now, "download_end", r, d, bytes=cost.download_bytes, seconds=spend.transfer.seconds,
                       energy_j=energy))
 
-        begin("compute", compute_seconds(cost.flops, profile.flops_per_s, slowdown,
-                                          cost.activation_bytes, profile.activation_bytes_per_s), cost.flops)
+        begin("compute", compute_s, cost.flops)
         emit(SimEvent(env.now, "compute_start", r, d, planned_flops=cost.flops, planned_s=spend.planned_s))
         yield env.timeout(spend.planned_s)
-        energy = cost.flops * profile.joules_per_flop
+        energy = power.compute_j(cost.flops, spend.planned_s)
         spend.compute_s += spend.planned_s
         spend.energy_j += energy
         workload.on_compute_done(d, r)  # the real training; takes host time, no sim time
@@ -218,8 +223,10 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
 
         if device.devices.refuse_late and rnd.closed_at is not None:  # late: check in, be told no, send nothing
             yield env.timeout(link.latency_s)
+            energy = power.transfer_j("up", 0, link.latency_s) + power.tail_j()
             emit(SimEvent(env.now, "straggler", r, d, reason="refused", late_s=env.now - rnd.closed_at,
-                          seconds=link.latency_s, wasted_bytes=0, wasted_compute_s=0.0, wasted_energy_j=0.0))
+                          seconds=link.latency_s, energy_j=energy, wasted_bytes=0, wasted_compute_s=0.0,
+                          wasted_energy_j=energy))
             device.release()
             return
 
@@ -227,7 +234,7 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
         emit(SimEvent(env.now, "upload_start", r, d, planned_bytes=cost.upload_bytes, planned_s=spend.planned_s))
         spend.transfer = link.transfer("up", cost.upload_bytes)
         yield spend.transfer
-        upload_energy = link.energy_j("up", cost.upload_bytes)
+        upload_energy = power.transfer_j("up", cost.upload_bytes, spend.transfer.seconds) + power.tail_j()
         emit(SimEvent(env.now, "upload_end", r, d, bytes=cost.upload_bytes, seconds=spend.transfer.seconds,
                       energy_j=upload_energy))
     except Interrupt as cut:
@@ -250,11 +257,11 @@ def dropped_event(now: float, r: int, device: Device, spend: Spend, reason: str)
     if spend.phase == "compute":
         fraction = elapsed / spend.planned_s if spend.planned_s > 0 else 1.0
         flops = spend.planned * fraction
-        energy = flops * device.profile.joules_per_flop
+        energy = device.energy.compute_j(flops, elapsed)
     else:
         direction = "down" if spend.phase == "download" else "up"
         moved = spend.transfer.cancel()
-        energy = device.link.energy_j(direction, moved)
+        energy = device.energy.transfer_j(direction, moved, elapsed) + device.energy.tail_j()
     return SimEvent(
         now, "dropped", r, device.id, phase=spend.phase, reason=reason,
         bytes=None if spend.phase == "compute" else moved, flops=flops, seconds=elapsed, energy_j=energy,

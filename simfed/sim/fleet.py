@@ -28,6 +28,13 @@ class DeviceProfile:
     down_sigma_ln: float = 0.0  # within-user ln-sd of the downlink per round (link_trace); 0 = fixed rate
     up_sigma_ln: float = 0.0  # within-user ln-sd of the uplink per round (link_trace)
     activation_bytes_per_s: float = 0.0  # effective bandwidth of element-wise work; 0 = folded into flops_per_s
+    # power figures (world.energy_model: power; simfed/sim/energy.py)
+    compute_power_w: float = 0.0  # sustained power while training, W (the tier's)
+    radio_alpha_down_w_per_mbps: float = 0.0  # radio power per Mbit/s received, W (Huang et al. 2012)
+    radio_alpha_up_w_per_mbps: float = 0.0  # radio power per Mbit/s sent, W
+    radio_beta_w: float = 0.0  # radio power while a transfer is under way, W
+    radio_tail_w: float = 0.0  # radio power in the tail after a transfer, W
+    radio_tail_s: float = 0.0  # length of that tail, seconds
 
     @property
     def joules_per_byte(self) -> float:
@@ -91,4 +98,10 @@ def _draw_device(device_id: int, group: DeviceGroupSpec, world: WorldSpec, seed:
         up_sigma_ln=up_sigma_ln,
         # the device's compute factor scales its memory bandwidth too (one chip, one spread)
         activation_bytes_per_s=tier.activation_bytes_per_s * flops_per_s / (group.flops_per_s or tier.flops_per_s),
+        compute_power_w=tier.power_w,
+        radio_alpha_down_w_per_mbps=link.alpha_down_w_per_mbps,
+        radio_alpha_up_w_per_mbps=link.alpha_up_w_per_mbps,
+        radio_beta_w=link.beta_w,
+        radio_tail_w=link.tail_w,
+        radio_tail_s=link.tail_s,
     )

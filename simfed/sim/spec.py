@@ -230,6 +230,11 @@ class WorldSpec(_Strict):
     # correlation rho of a device's uplink and downlink spread draws (ln units): z_up = rho z_down +
     # sqrt(1 - rho^2) z_own. 1 = one draw for both (the old model: a slow line is slow both ways)
     link_spread_correlation: float = Field(1.0, ge=-1, le=1)
+    # device energy (simfed/sim/energy.py): per_unit = the tier's J/FLOP and the link's J/byte at its
+    # median rate (the old model); power = power x time, Huang et al. (MobiSys 2012): compute at the
+    # tier's sustained power, transfers at alpha * Mbps + beta for their whole duration, plus the
+    # radio's tail after each transfer
+    energy_model: Literal["per_unit", "power"] = "per_unit"
     # a device trains only if base model + adapters (+ grads, AdamW moments) + activations fit its RAM
     # (simfed/learn/memory.py): ignore = never checked; exclude = the server never selects one that does not fit;
     # shrink = the method sizes the device as if it had less memory (fewer experts, lower rank) until its
