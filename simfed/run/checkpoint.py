@@ -199,7 +199,7 @@ class MethodCheckpoint:
 
     def log_cost(self, device: int, round_index: int, cost: RoundCost) -> None:
         self._costs.write(json.dumps([device, round_index, cost.download_bytes, cost.upload_bytes, cost.flops,
-                                      cost.activation_bytes]) + "\n")
+                                      cost.activation_bytes, cost.kept_share]) + "\n")
 
     def save(self, round_index: int, method: Any, workload: Any) -> None:
         """Checkpoint at the end of `round_index` (after its evaluation was written)."""
@@ -296,7 +296,8 @@ class Replay:
         if (d, r) != (device, round_index):
             raise ResumeError(f"resume: the replay picks device {device} in round {round_index}, the run "
                               f"picked device {d} in round {r} (the scenario or simfed changed?)")
-        return RoundCost(down, up, flops, traffic[0] if traffic else 0.0)
+        return RoundCost(down, up, flops, traffic[0] if traffic else 0.0,
+                         traffic[1] if len(traffic) > 1 else None)  # kept_share: absent in older cost logs
 
     def check_world(self, world: Any, label: str) -> None:
         """Before replaying: the world's inputs beyond the scenario must be those checkpointed."""

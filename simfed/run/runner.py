@@ -29,6 +29,7 @@ from simfed.learn.memory import DTYPE_BYTES, SHRINK_STEPS, memory_need
 from simfed.learn.methods.base import Budget, ClientInfo, LocalPlan, Method, Update
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
+from simfed.learn.survival import surviving_share
 from simfed.run.divergence import DivergenceGuard, method_status
 from simfed.run.dry import run_dry
 from simfed.run.executor import Job, LocalExecutor, make_executor
@@ -142,6 +143,7 @@ class MethodWorkload:
             upload_bytes=shapes_bytes(self.method.upload_shapes(device), self.dtype),
             flops=self.method.round_flops(device),
             activation_bytes=self.method.round_activation_bytes(device),
+            kept_share=surviving_share(self.method, device),  # simfed/learn/survival.py
         )
         if self.checkpoint is not None:
             self.checkpoint.log_cost(device, round_index, cost)

@@ -33,7 +33,8 @@ class RoundPort(Protocol):
         """Hand in an update; False if the server will not use it (late or too stale)."""
         ...
 
-    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float) -> SimEvent:
+    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float,
+                 wasted_compute_s: float = 0.0) -> SimEvent:
         """The event of the server refusing the update `deliver` returned False for."""
         ...
 
@@ -56,6 +57,7 @@ class Devices:
         self.client_timeout_s: float | None = None  # server.client_timeout_s (async): a cut device's slot is held
         self.lost_slots = 0  # async: cut devices the server has not yet timed out
         self.energy_model: EnergyModel = "per_unit"  # world.energy_model (simfed/sim/energy.py)
+        self.waste_by_method = False  # world.waste: by_method (RoundCost.kept_share decides what a kept training wastes)
 
     def __len__(self) -> int:
         return len(self.profiles)
@@ -238,7 +240,7 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
         emit(SimEvent(env.now, "upload_end", r, d, bytes=cost.upload_bytes, seconds=spend.transfer.seconds,
                       energy_j=upload_energy))
     except Interrupt as cut:
-        emit(dropped_event(env.now, r, device, spend, str(cut.cause)))
+        emit(dropped_event(env.now, r, device, spend, str(cut.cause), cost))
         if cut.cause == "hazard" and device.recovery_s > 0:  # no longer eligible: back after its recovery
             device.devices.presence.held[d] = env.now + device.recovery_s
         device.devices.hold_slot(d, dispatched_at)
@@ -247,11 +249,25 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
     device.release()
     device.devices.delivered[d] = (spend.bytes + cost.upload_bytes, spend.compute_s, spend.energy_j + upload_energy)
     if not rnd.deliver(d):
-        emit(rnd.rejected(d, env.now, cost.upload_bytes, upload_energy))
+        lost_bytes, lost_compute_s, lost_energy = overwritten(device, cost, spend)
+        emit(rnd.rejected(d, env.now, cost.upload_bytes + lost_bytes, upload_energy + lost_energy, lost_compute_s))
 
 
-def dropped_event(now: float, r: int, device: Device, spend: Spend, reason: str) -> SimEvent:
-    """The `dropped` event: the cut part of the current step, and the round's whole spend."""
+def overwritten(device: Device, cost: RoundCost, spend: Spend) -> tuple[int, float, float]:
+    """Of a kept training (the device trained, the server never uses its update): the bytes,
+    compute seconds and joules of its download and compute that the method's next download
+    overwrites — (1 - kept_share) of them. Nothing under world.waste: legacy or an unstated share."""
+    if not device.devices.waste_by_method or cost.kept_share is None:
+        return 0, 0.0, 0.0
+    lost = 1.0 - cost.kept_share
+    return round(lost * spend.bytes), lost * spend.compute_s, lost * spend.energy_j
+
+
+def dropped_event(now: float, r: int, device: Device, spend: Spend, reason: str,
+                  cost: RoundCost | None = None) -> SimEvent:
+    """The `dropped` event: the cut part of the current step, and the round's spend that is wasted:
+    all of it, except when cut mid-upload under world.waste: by_method — the device trained and
+    keeps it, so only the share its next download overwrites (`overwritten`) and the cut upload."""
     elapsed = now - spend.phase_start
     moved, flops, energy = 0, None, 0.0
     if spend.phase == "compute":
@@ -262,10 +278,13 @@ def dropped_event(now: float, r: int, device: Device, spend: Spend, reason: str)
         direction = "down" if spend.phase == "download" else "up"
         moved = spend.transfer.cancel()
         energy = device.energy.transfer_j(direction, moved, elapsed) + device.energy.tail_j()
+    spent = (spend.bytes, spend.compute_s, spend.energy_j)
+    if spend.phase == "upload" and cost is not None and cost.kept_share is not None and device.devices.waste_by_method:
+        spent = overwritten(device, cost, spend)
     return SimEvent(
         now, "dropped", r, device.id, phase=spend.phase, reason=reason,
         bytes=None if spend.phase == "compute" else moved, flops=flops, seconds=elapsed, energy_j=energy,
-        wasted_bytes=spend.bytes + moved,
-        wasted_compute_s=spend.compute_s + (elapsed if spend.phase == "compute" else 0.0),
-        wasted_energy_j=spend.energy_j + energy,
+        wasted_bytes=spent[0] + moved,
+        wasted_compute_s=spent[1] + (elapsed if spend.phase == "compute" else 0.0),
+        wasted_energy_j=spent[2] + energy,
     )

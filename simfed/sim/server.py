@@ -77,11 +77,13 @@ class Round:
         if self.closed_at is None:
             self.closed_at = self.env.now
 
-    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float) -> SimEvent:
-        """A straggler: the device keeps its local training, only the upload was for nothing."""
+    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float,
+                 wasted_compute_s: float = 0.0) -> SimEvent:
+        """A straggler: the device keeps its local training; its upload was for nothing, and so
+        was the part of its training the method's next download overwrites (device.overwritten)."""
         assert self.closed_at is not None
         return SimEvent(now, "straggler", self.index, device, late_s=now - self.closed_at, wasted_bytes=wasted_bytes,
-                        wasted_compute_s=0.0, wasted_energy_j=wasted_energy_j)
+                        wasted_compute_s=wasted_compute_s, wasted_energy_j=wasted_energy_j)
 
 
 def selection_size(over_selection: float, target: int) -> int:
@@ -215,10 +217,11 @@ class Ticket:
             return True
         return self.buffer.arrive(device, self.index)
 
-    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float) -> SimEvent:
-        """Too stale: dropped; like a straggler it wastes the upload, not the local training."""
+    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float,
+                 wasted_compute_s: float = 0.0) -> SimEvent:
+        """Too stale: dropped; it wastes what a straggler does."""
         return SimEvent(now, "stale", self.index, device, staleness=self.buffer.version - self.index,
-                        wasted_bytes=wasted_bytes, wasted_compute_s=0.0, wasted_energy_j=wasted_energy_j)
+                        wasted_bytes=wasted_bytes, wasted_compute_s=wasted_compute_s, wasted_energy_j=wasted_energy_j)
 
 
 def async_server(env: simpy.Environment, world: WorldSpec, devices: Devices, doorbell: Doorbell,

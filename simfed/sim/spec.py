@@ -235,6 +235,11 @@ class WorldSpec(_Strict):
     # tier's sustained power, transfers at alpha * Mbps + beta for their whole duration, plus the
     # radio's tail after each transfer
     energy_model: Literal["per_unit", "power"] = "per_unit"
+    # wasted work of a device whose update the server never uses but whose training the device keeps
+    # (a straggler, a stale update, a cut mid-upload): by_method = its upload, plus the share of its
+    # download and compute that the method's next download overwrites (RoundCost.kept_share);
+    # legacy = the upload only for a straggler, the whole round for a cut (the old model)
+    waste: Literal["by_method", "legacy"] = "by_method"
     # a device trains only if base model + adapters (+ grads, AdamW moments) + activations fit its RAM
     # (simfed/learn/memory.py): ignore = never checked; exclude = the server never selects one that does not fit;
     # shrink = the method sizes the device as if it had less memory (fewer experts, lower rank) until its
