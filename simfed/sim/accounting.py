@@ -34,6 +34,9 @@ class Tally:
     stragglers: int = 0
     stale: int = 0  # async: updates dropped as too stale
     diverged: int = 0  # updates refused as non-finite
+    late_refused: int = 0  # stragglers refused at check-in (server.late_reports: refuse), among `stragglers`
+    recovery_s: float = 0.0  # offline time after hazard dropouts (dropout.recovery_mean_s), summed
+    slot_held_s: float = 0.0  # async: time cut devices' slots stayed taken (server.client_timeout_s), summed
     diverged_updates: list[tuple[int, int]] = field(default_factory=list)  # (device, round) of each
     wasted_compute_s: float = 0.0
     wasted_bytes: int = 0
@@ -63,6 +66,7 @@ class Tally:
             self._count_drop(event)
         elif kind == "straggler":
             self.stragglers += 1
+            self.late_refused += event.reason == "refused"
             self._waste(event)
         elif kind == "stale":
             self.stale += 1
@@ -84,6 +88,8 @@ class Tally:
 
     def _count_drop(self, event: SimEvent) -> None:
         self.dropouts += 1
+        self.recovery_s += event.recovery_s or 0.0
+        self.slot_held_s += event.slot_held_s or 0.0
         if event.round == self.current_round:
             self.round_dropped += 1
         self._working.pop(event.device, None)
@@ -121,6 +127,7 @@ class Tally:
             "flops": self.flops, "compute_s": self.compute_s,
             "dropouts": self.dropouts, "stragglers": self.stragglers, "stale": self.stale,
             "diverged": self.diverged, "diverged_updates": [list(u) for u in self.diverged_updates],
+            "late_refused": self.late_refused, "recovery_s": self.recovery_s, "slot_held_s": self.slot_held_s,
             "wasted_bytes": self.wasted_bytes, "wasted_compute_s": self.wasted_compute_s,
             "wasted_energy_j": self.wasted_energy_j,
             "in_flight": self.in_flight, "straggling": self.straggling, "round_dropped": self.round_dropped,

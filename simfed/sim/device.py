@@ -2,6 +2,7 @@
 (download, compute, upload), which a failure or going offline can cut short (`Device`)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
@@ -71,14 +72,15 @@ class Devices:
         """Concurrency slots taken: devices working, and cut ones the server still waits for."""
         return len(self.working) + self.lost_slots
 
-    def hold_slot(self, d: int, dispatched_at: float) -> None:
+    def hold_slot(self, d: int, dispatched_at: float) -> float | None:
         """Device `d`, dispatched at `dispatched_at`, was cut: with a client timeout the server
-        only frees its slot `client_timeout_s` after the dispatch (at once if that has passed)."""
+        only frees its slot `client_timeout_s` after the dispatch (at once if that has passed).
+        Returns how long from now the slot stays taken (None: no client timeout)."""
         if self.client_timeout_s is None:
-            return
+            return None
         remaining = dispatched_at + self.client_timeout_s - self.env.now
         if remaining <= 0:
-            return
+            return 0.0
         self.lost_slots += 1
 
         def timed_out(_event) -> None:
@@ -86,6 +88,7 @@ class Devices:
             self.on_ready()
 
         self.env.timeout(remaining).callbacks.append(timed_out)
+        return remaining
 
     def next_online(self) -> simpy.Event:
         """Fires when the first device now offline comes online (never, if none will)."""
@@ -240,10 +243,12 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
         emit(SimEvent(env.now, "upload_end", r, d, bytes=cost.upload_bytes, seconds=spend.transfer.seconds,
                       energy_j=upload_energy))
     except Interrupt as cut:
-        emit(dropped_event(env.now, r, device, spend, str(cut.cause), cost))
-        if cut.cause == "hazard" and device.recovery_s > 0:  # no longer eligible: back after its recovery
-            device.devices.presence.held[d] = env.now + device.recovery_s
-        device.devices.hold_slot(d, dispatched_at)
+        recovery_s = device.recovery_s if cut.cause == "hazard" and device.recovery_s > 0 else None
+        held_s = device.devices.hold_slot(d, dispatched_at)
+        emit(dataclasses.replace(dropped_event(env.now, r, device, spend, str(cut.cause), cost),
+                                 recovery_s=recovery_s, slot_held_s=held_s))
+        if recovery_s is not None:  # no longer eligible: back after its recovery
+            device.devices.presence.held[d] = env.now + recovery_s
         device.release()
         return
     device.release()

@@ -39,6 +39,8 @@ def test_a_hazard_dropped_device_is_not_selectable_until_its_recovery_ends(mean_
     back = drop.t + recovery_seconds(seed, 0, 0, mean_s)
     starts = [e.t for e in of_kind(events, "round_start")]
     assert starts == [0.0, max(100.0, back)]
+    assert drop.recovery_s == (recovery_seconds(seed, 0, 0, mean_s) if mean_s else None)
+    assert tally.recovery_s == (drop.recovery_s or 0.0)
     if mean_s:
         assert back > 100.0  # the draw is long enough here to show: nobody picks it while it recovers
 
@@ -65,6 +67,7 @@ def test_an_async_slot_is_held_until_the_client_timeout(timeout):
     first_drop = of_kind(events, "dropped")[0]
     assert selected[0].t == 0.0 and first_drop.device == selected[0].device and first_drop.t < 4.5
     assert selected[1].t == (first_drop.t if timeout is None else 50.0)
+    assert first_drop.slot_held_s == (None if timeout is None else 50.0 - first_drop.t)
 
 
 def test_a_round_with_fewer_than_min_reports_is_abandoned_and_the_tally_says_so():
@@ -105,7 +108,7 @@ def test_late_reports_refuse_charges_one_rtt_and_no_upload_bytes():
     assert (late.wasted_bytes, late.wasted_energy_j) == (0, 0.0)
     assert not [e for e in of_kind(events, "upload_start") if e.device == 1]
     assert tally.bytes_up == 3 * 1_000_000  # device 0's three uploads only
-    assert tally.wasted_bytes == 0 and tally.stragglers == 1
+    assert tally.wasted_bytes == 0 and tally.stragglers == 1 and tally.late_refused == 1
 
 
 def test_up_and_down_spread_draws_are_correlated_as_stated():
