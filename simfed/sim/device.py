@@ -13,7 +13,7 @@ import simpy
 from simpy.events import Process
 from simpy.exceptions import Interrupt
 
-from simfed.sim.cost import compute_seconds
+from simfed.sim.cost import compute_seconds, throttled_seconds
 from simfed.sim.energy import DeviceEnergy, EnergyModel
 from simfed.sim.events import Phase, SimEvent
 from simfed.sim.fleet import DeviceProfile
@@ -208,8 +208,9 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
         workload.on_download(d, r)
         spend.transfer = link.transfer("down", cost.download_bytes)
         yield spend.transfer
-        compute_s = compute_seconds(cost.flops, profile.flops_per_s, slowdown, cost.activation_bytes,
-                                    profile.activation_bytes_per_s)
+        compute_s = throttled_seconds(compute_seconds(cost.flops, profile.flops_per_s, slowdown, cost.activation_bytes,
+                                                      profile.activation_bytes_per_s),
+                                      profile.throttle_after_s, profile.throttle_factor)
         # the radio's tail runs on into the compute, until the upload wakes it again at the latest
         energy = power.transfer_j("down", cost.download_bytes, spend.transfer.seconds) + power.tail_j(compute_s)
         spend.bytes += cost.download_bytes

@@ -35,6 +35,8 @@ class DeviceProfile:
     radio_beta_w: float = 0.0  # radio power while a transfer is under way, W
     radio_tail_w: float = 0.0  # radio power in the tail after a transfer, W
     radio_tail_s: float = 0.0  # length of that tail, seconds
+    throttle_after_s: float = float("inf")  # sustained compute before thermal throttling (world.throttling: tier), seconds
+    throttle_factor: float = 1.0  # speed once throttled, fraction of full speed
 
     @property
     def joules_per_byte(self) -> float:
@@ -104,4 +106,6 @@ def _draw_device(device_id: int, group: DeviceGroupSpec, world: WorldSpec, seed:
         radio_beta_w=link.beta_w,
         radio_tail_w=link.tail_w,
         radio_tail_s=link.tail_s,
+        throttle_after_s=tier.throttle_after_s if world.throttling == "tier" else float("inf"),
+        throttle_factor=tier.throttle_factor if world.throttling == "tier" else 1.0,
     )

@@ -32,6 +32,8 @@ class TierProfile:
     source: str  # where the numbers come from
     activation_bytes_per_s: float = 0.0  # effective element-wise bandwidth (calibrated tiers); 0 = not modelled
     power_w: float = 0.0  # sustained power while training, W; a file without it: joules_per_flop * flops_per_s
+    throttle_after_s: float = float("inf")  # sustained compute before thermal throttling sets in, seconds (world.throttling: tier)
+    throttle_factor: float = 1.0  # speed after that, as a fraction of full speed
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,10 @@ def _tier(name: str, row: dict[str, Any]) -> TierProfile:
                                 if "activation_bytes_per_s" in row else 0.0),
         power_w=(_positive(name, "power_w", row["power_w"]) if "power_w" in row
                  else float(row["joules_per_flop"]) * float(row["flops_per_s"])),
+        throttle_after_s=(_positive(name, "throttle_after_s", row["throttle_after_s"])
+                          if "throttle_after_s" in row else float("inf")),
+        throttle_factor=(_positive(name, "throttle_factor", row["throttle_factor"])
+                         if "throttle_factor" in row else 1.0),
     )
 
 

@@ -240,6 +240,10 @@ class WorldSpec(_Strict):
     # download and compute that the method's next download overwrites (RoundCost.kept_share);
     # legacy = the upload only for a straggler, the whole round for a cut (the old model)
     waste: Literal["by_method", "legacy"] = "by_method"
+    # thermal throttling under sustained load: tier = each tier's curve (simfed/profiles/tiers.yaml:
+    # full speed for throttle_after_s, then throttle_factor of it; phones 0.7 after 7.5 min, an
+    # assumption from the 0.6-0.8 after 5-10 min of shared/PROFILES.md, hence off by default)
+    throttling: Literal["off", "tier"] = "off"
     # a device trains only if base model + adapters (+ grads, AdamW moments) + activations fit its RAM
     # (simfed/learn/memory.py): ignore = never checked; exclude = the server never selects one that does not fit;
     # shrink = the method sizes the device as if it had less memory (fewer experts, lower rank) until its

@@ -124,3 +124,18 @@ def test_up_and_down_spread_draws_are_correlated_as_stated():
         down, up = log_factors(rho)
         assert np.corrcoef(down, up)[0, 1] == pytest.approx(rho, abs=0.05)
         assert np.std(up) == pytest.approx(0.9, rel=0.05)  # the link's sigma either way
+
+
+def test_throttling_slows_compute_after_the_tiers_sustained_load():
+    # 2 s of compute at full speed; throttled to half speed after 0.5 s: 0.5 + 1.5 / 0.5 = 3.5 s
+    import dataclasses
+
+    device = dataclasses.replace(plain_device(0), throttle_after_s=0.5, throttle_factor=0.5)
+    events, _, _, _ = run(world([ALWAYS], target_per_round=1), fleet=[device])
+    [c] = of_kind(events, "compute_end")
+    assert c.seconds == 3.5 and c.t == 1.25 + 3.5
+    # the world option hands each device its tier's curve, or none
+    on = WorldSpec.model_validate({"fleet": [ALWAYS], "throttling": "tier"})
+    off = WorldSpec.model_validate({"fleet": [ALWAYS]})
+    assert (build_fleet(on, 0)[0].throttle_after_s, build_fleet(on, 0)[0].throttle_factor) == (450.0, 0.7)
+    assert (build_fleet(off, 0)[0].throttle_after_s, build_fleet(off, 0)[0].throttle_factor) == (math.inf, 1.0)
