@@ -113,8 +113,12 @@ class Devices:
         self.presence.busy[d] = False
         if self.presence.online[d] and self.presence.held[d] <= self.env.now:
             self.on_ready()
-        else:  # cut by going offline: a server waiting for a free slot looks again when anyone comes online
-            self.next_online().callbacks.append(lambda _event: self.on_ready())
+            return
+        # cut by going offline (or recovering): its slot is free for the devices ready now, and a
+        # server waiting for a free slot looks again when anyone comes online
+        if self.ready().any():
+            self.on_ready()
+        self.next_online().callbacks.append(lambda _event: self.on_ready())
 
 
 def timeout_at(env: simpy.Environment, t: float) -> simpy.Timeout:

@@ -162,10 +162,11 @@ class DropoutSpec(_Strict):
     # After a hazard dropout the device is offline (not eligible) for an exponential time of this
     # mean, then back on its availability timeline: in deployed FL a dropout is mostly a device that
     # stops being eligible (unplugged, off Wi-Fi, in use; Bonawitz et al. 2019). 0 = back at once (the
-    # old model). FLASH (Yang et al. 2021), 1,000-client sample: the not-ready gaps between ready
-    # periods have a median of 8.5 min and a mean of 3.4 h (p90 11.7 h; 12,591 gaps); an exponential with the mean
-    # keeps the long-run share offline, the median is a lower bound.
-    recovery_mean_s: float = Field(0.0, ge=0)  # seconds
+    # old model). Default: FLASH (Yang et al. 2021), 1,000-client sample: the not-ready gaps between
+    # ready periods have a median of 8.5 min and a mean of 3.43 h = 12,352 s (p90 11.7 h; 12,591
+    # gaps); an exponential with that mean keeps the long-run time offline (its median, 2.4 h, is
+    # above the trace's: the trace's gaps are heavier-tailed than exponential).
+    recovery_mean_s: float = Field(12352.0, ge=0)  # seconds
 
 
 class ServerSpec(_Strict):
@@ -191,16 +192,17 @@ class ServerSpec(_Strict):
     max_sim_time_s: float | None = Field(None, gt=0, allow_inf_nan=True)  # stop the run at this sim time, seconds; None = no limit
     # sync: a round that closes with fewer reports is abandoned: nothing merged, not counted in
     # `rounds`, counted in `abandoned_rounds` (Bonawitz et al. 2019: the server abandons rounds
-    # without enough reports). 0 = every round counts, even an empty one (the old model)
-    min_reports: int = Field(0, ge=0)
+    # without enough reports). Default 1: a round with no report never counts. 0 = every round
+    # counts, even an empty one (the old model)
+    min_reports: int = Field(1, ge=0)
     # sync: before selecting, wait up to this long for ceil(over_selection * target) devices to be
     # online and idle (check-in window; Bonawitz et al. 2019 select from the devices checking in
     # during a window); then select among those ready. 0 = select as soon as one is (the old model)
     selection_window_s: float = Field(0.0, ge=0)
     # sync: a straggler reaching its upload after the round closed either uploads in full anyway
     # (upload, the old model) or checks in and is told no (refuse: one round trip, no bytes;
-    # Bonawitz et al. 2019: the server rejects late check-ins)
-    late_reports: Literal["upload", "refuse"] = "upload"
+    # Bonawitz et al. 2019: the server rejects late check-ins; the default)
+    late_reports: Literal["upload", "refuse"] = "refuse"
     # async: the server learns that a device dropped this long after dispatching it (FedBuff-style
     # servers time out clients; Nguyen et al. 2022 do not give a value): its concurrency slot stays
     # taken until then. None = learns at the moment of the cut (the old model)
@@ -228,13 +230,15 @@ class WorldSpec(_Strict):
     device_spread_sigma: float | None = Field(None, ge=0)  # lognormal spread of FLOP/s within a tier (ln units); None = the tier's own (0.5)
     link_spread_sigma: float | None = Field(None, ge=0)  # lognormal spread of throughput across users (ln units); None = the link's own (0.9)
     # correlation rho of a device's uplink and downlink spread draws (ln units): z_up = rho z_down +
-    # sqrt(1 - rho^2) z_own. 1 = one draw for both (the old model: a slow line is slow both ways)
-    link_spread_correlation: float = Field(1.0, ge=-1, le=1)
+    # sqrt(1 - rho^2) z_own. 1 = one draw for both (the old model). Default 0.45: the correlation of
+    # ln(mean down) and ln(mean up) over the 19 users of FLASH's speed_distri.json (Yang et al. 2021;
+    # few users: its 95% interval is roughly 0 to 0.75)
+    link_spread_correlation: float = Field(0.45, ge=-1, le=1)
     # device energy (simfed/sim/energy.py): per_unit = the tier's J/FLOP and the link's J/byte at its
     # median rate (the old model); power = power x time, Huang et al. (MobiSys 2012): compute at the
     # tier's sustained power, transfers at alpha * Mbps + beta for their whole duration, plus the
-    # radio's tail after each transfer
-    energy_model: Literal["per_unit", "power"] = "per_unit"
+    # radio's tail after each transfer (the default)
+    energy_model: Literal["per_unit", "power"] = "power"
     # wasted work of a device whose update the server never uses but whose training the device keeps
     # (a straggler, a stale update, a cut mid-upload): by_method = its upload, plus the share of its
     # download and compute that the method's next download overwrites (RoundCost.kept_share);

@@ -37,7 +37,7 @@ world:
   fleet:
     - {{count: 2, tier: phone_mid, link: wifi_home, flops_per_s: 4.0e8}}
     - {{count: 1, tier: phone_low, link: lte, flops_per_s: 4.0e7}}
-  server: {{rounds: 12, target_per_round: 3, over_selection: 1.0, deadline_s: 1.0}}
+  server: {{rounds: 12, target_per_round: 3, over_selection: 1.0, deadline_s: 1.0, late_reports: upload}}
 """
 SURVIVES = {"fedavg": 0.0, "comigs": (640 * 8 + 128) / (384 * 8 + 2 * 640 * 8 + 128)}
 

@@ -176,7 +176,10 @@ def recompute(stream: list[dict]) -> dict:
             out["wasted_compute_s"] += c + (e["seconds"] if e["phase"] == "compute" else 0)
             out["wasted_energy_j"] += j + e["energy_j"]
             out["dropouts"] += 1
-        if e["kind"] in ("straggler", "stale"):
+        if e["kind"] in ("straggler", "stale") and e.get("reason") == "refused":  # late_reports: refuse
+            out["wasted_energy_j"] += e["energy_j"]  # the check-in's round trip; nothing uploaded
+            out["stragglers"] += 1
+        elif e["kind"] in ("straggler", "stale"):
             upload = [x for x in stream if x["kind"] == "upload_end" and (x["device"], x["round"]) == key][0]
             out["wasted_bytes"] += upload["bytes"]
             out["wasted_energy_j"] += upload["energy_j"]
@@ -187,7 +190,7 @@ def recompute(stream: list[dict]) -> dict:
         if e["kind"] == "aggregated":
             out["updates_aggregated"] += len(e["devices"])
         if e["kind"] == "round_end":
-            out["rounds"] += 1
+            out["abandoned_rounds" if e.get("reason") == "abandoned" else "rounds"] += 1
         out["sim_time_s"] = max(out["sim_time_s"], e["t"])
     return dict(out)
 
