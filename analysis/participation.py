@@ -12,8 +12,12 @@ participation.csv (into RUN_DIR, or --out), and prints the table. Per simulated 
 - profile: the devices the availability profile expects online in that hour,
   Σ_groups count × hourly[clock hour] (diurnal groups: their `hourly`, or the built-in FLASH
   profile; the clock hour is start_hour + k, taken at the hour's middle); always-on groups count
-  fully, markov groups by their stationary on-fraction, trace groups by the mean ready fraction of
-  the trace's clients in that hour (as replayed: from sim time 0, repeating).
+  fully, markov groups by their stationary on-fraction, trace groups on the common clock (the
+  default) by the trace's own online share in that hour of the trace's clock (the share of
+  clients inside their recorded window that are ready, `Trace.online_share_by_hour`; the clock
+  hour of sim time 0 is the trace's start_hour, or that of its earliest start), trace groups on
+  their own clock by the mean ready fraction of the clients in that hour as replayed (each from
+  sim time 0, repeating).
 
 The figure: selected and aggregated per hour (left axis) with the profile (right axis, devices
 online), and the eligible devices at round starts against the profile (same axis). The printout
@@ -60,9 +64,24 @@ def expected_online(world: dict, hours: int) -> tuple[np.ndarray, float | None]:
             profile += count
         elif kind == "markov":
             profile += count * avail["mean_on_s"] / (avail["mean_on_s"] + avail["mean_off_s"])
+        elif kind == "trace" and avail.get("clock", "common") == "common":
+            share, start = trace_clock_share(avail)
+            starts.add(start)
+            profile += [count * share[int(math.floor(start + k + 0.5)) % 24] for k in range(hours)]
         elif kind == "trace":
             profile += count * trace_ready_fraction(avail["path"], float(avail.get("offset_s", 0.0)), hours)
     return profile, (starts.pop() if len(starts) == 1 else None)
+
+
+def trace_clock_share(avail: dict) -> tuple[np.ndarray, float]:
+    """A common-clock trace group: the trace's online share per hour of its clock, and the clock
+    hour (fractional) at sim time 0."""
+    from simfed.sim.availability import common_origin, read_trace
+    from simfed.sim.spec import TraceSpec
+
+    spec = TraceSpec.model_validate(avail)
+    trace = read_trace(spec.path)
+    return trace.online_share_by_hour(), (common_origin(trace, spec) % 86400.0) / HOUR_S
 
 
 def trace_ready_fraction(path: str, offset_s: float, hours: int, samples: int = 12) -> np.ndarray:

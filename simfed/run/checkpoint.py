@@ -44,6 +44,8 @@ from safetensors.torch import load_file, save_file
 from simfed.errors import SimfedError
 from simfed.learn.methods.base import Update
 from simfed.learn.store import pack_states, save_client_state, unpack_states
+from simfed.run.divergence import DivergenceGuard, replayed_refusals
+from simfed.run.replay_check import fingerprint_change, tally_change, tally_record, world_fingerprint
 from simfed.run.results import RunDirectory
 from simfed.sim.workload import RoundCost
 
@@ -197,7 +199,7 @@ class MethodCheckpoint:
 
     def log_cost(self, device: int, round_index: int, cost: RoundCost) -> None:
         self._costs.write(json.dumps([device, round_index, cost.download_bytes, cost.upload_bytes, cost.flops,
-                                      cost.activation_bytes]) + "\n")
+                                      cost.activation_bytes, cost.kept_share]) + "\n")
 
     def save(self, round_index: int, method: Any, workload: Any) -> None:
         """Checkpoint at the end of `round_index` (after its evaluation was written)."""
@@ -211,6 +213,9 @@ class MethodCheckpoint:
         work["update_info"] = [[d, r, u.client, u.n_tokens, u.train_loss, u.extra]
                                for d, (r, u) in workload.updates.items()]
         pack_states("bases", getattr(workload, "bases", {}), tensors, work)
+        work["guard"] = workload.guard.export()  # non-finite updates refused so far (simfed/run/divergence.py)
+        work["world"] = world_fingerprint(workload.scenario.world)  # what resume checks (simfed/run/replay_check.py)
+        work["tally"] = tally_record(workload.tally)
         meta["workload"] = work
         meta["devices"] = {k: str(v.device) for k, v in tensors.items() if v.device.type != "cpu"}
         tensors = {k: v.cpu() for k, v in tensors.items()}
@@ -291,12 +296,27 @@ class Replay:
         if (d, r) != (device, round_index):
             raise ResumeError(f"resume: the replay picks device {device} in round {round_index}, the run "
                               f"picked device {d} in round {r} (the scenario or simfed changed?)")
-        return RoundCost(down, up, flops, traffic[0] if traffic else 0.0)
+        return RoundCost(down, up, flops, traffic[0] if traffic else 0.0,
+                         traffic[1] if len(traffic) > 1 else None)  # kept_share: absent in older cost logs
+
+    def check_world(self, world: Any, label: str) -> None:
+        """Before replaying: the world's inputs beyond the scenario must be those checkpointed."""
+        change = fingerprint_change(self.work.get("world"), world_fingerprint(world))
+        if change is not None:
+            raise ResumeError(f"resume: {label}: {change}")
+
+    def refused(self, round_index: int, devices: list[int]) -> list[int]:
+        """The reports the server refused as non-finite in this round, as the run recorded."""
+        return replayed_refusals(self.work.get("guard"), round_index, devices)
 
     def finish(self, workload: Any) -> None:
         """The checkpointed round has ended: the workload takes over for real from here."""
         if self.queue:
             raise ResumeError(f"resume: {len(self.queue)} recorded costs were not replayed")
+        change = tally_change(self.work.get("tally"), workload.tally)
+        if change is not None:
+            raise ResumeError(f"resume: {workload.method.name} seed {workload.seed}: the replay ends round {self.round} "
+                              f"with {change} (the scenario's world, its data files or simfed changed?)")
         work, tensors = self.work, self.tensors
         workload.pending = unpack_states("pending", tensors, work)
         uploads = unpack_states("updates", tensors, work)
@@ -305,5 +325,6 @@ class Replay:
         if hasattr(workload, "bases"):
             workload.bases = unpack_states("bases", tensors, work)
         workload.training_calls = int(work["training_calls"])
+        workload.guard = DivergenceGuard.restore(work.get("guard"))
         workload.replay = None
         self.checkpoint.owner.restore_rng_once()

@@ -62,6 +62,8 @@ class MethodState:
     dropped: int = 0
     stragglers: int = 0
     aggregated: int = 0  # updates merged by the server, all rounds
+    diverged: int = 0  # updates the server refused as non-finite
+    abandoned: int = 0  # rounds abandoned with fewer than min_reports reports
     ppl: float | None = None  # last mean perplexity over devices
     acc: float | None = None
     pending_line: bool = False  # plain mode: a finished round waiting for its evaluation
@@ -88,10 +90,22 @@ class MethodState:
                 self.bytes_up += e.get("bytes") or 0
         elif kind == "straggler":
             self.stragglers += 1
+        elif kind == "diverged":
+            self.diverged += 1
+        elif kind == "round_end" and e.get("reason") == "abandoned":
+            self.abandoned += 1
+            self.rounds_done = int(e.get("round", 0)) + 1
         elif kind == "aggregated":
             self.aggregated += e.get("count") or len(e.get("devices") or ())
         elif kind == "round_end":
             self.rounds_done = int(e.get("round", 0)) + 1
+
+
+def _troubles(state: MethodState) -> str:
+    """The plain line's tail: refused (non-finite) updates and abandoned rounds, when any."""
+    parts = [f"diverged {state.diverged}"] if state.diverged else []
+    parts += [f"abandoned {state.abandoned}"] if state.abandoned else []
+    return "".join("  " + p for p in parts)
 
 
 class ProgressView:
@@ -183,7 +197,7 @@ class ProgressView:
             f"{method}  round {state.rounds_done}/{self.rounds}  sim {clock(state.t)}  "
             f"up {human_bytes(state.bytes_up)}  down {human_bytes(state.bytes_down)}  "
             f"aggregated {state.aggregated}  dropped {state.dropped}  "
-            f"stragglers {state.stragglers}  ppl {_num(state.ppl, '.2f')}")
+            f"stragglers {state.stragglers}  ppl {_num(state.ppl, '.2f')}{_troubles(state)}")
 
     # ------------------------------------------------------------ the live table
 
@@ -195,6 +209,10 @@ class ProgressView:
                                 ("stragglers", "right"), ("aggregated", "right"),
                                 ("mean ppl", "right"), ("acc", "right")):
             table.add_column(header, justify=justify)
+        troubles = any(s.diverged or s.abandoned for s in self.states.values())  # columns once there is something
+        if troubles:
+            table.add_column("diverged", justify="right")
+            table.add_column("abandoned", justify="right")
         style = {"waiting": "dim", "running": "bold yellow", "done": "green"}
         for name, s in list(self.states.items()):
             label = name if s.seed is None else f"{name} (seed {s.seed})"
@@ -202,7 +220,7 @@ class ProgressView:
                           f"{s.round}/{self.rounds}", clock(s.t), human_bytes(s.bytes_up),
                           human_bytes(s.bytes_down), str(len(s.in_flight)), str(s.dropped),
                           str(s.stragglers), str(s.aggregated), _num(s.ppl, ".2f"),
-                          _num(s.acc, ".3f"))
+                          _num(s.acc, ".3f"), *([str(s.diverged), str(s.abandoned)] if troubles else []))
         return table
 
     # ------------------------------------------------------------ the end

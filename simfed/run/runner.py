@@ -29,6 +29,8 @@ from simfed.learn.memory import DTYPE_BYTES, SHRINK_STEPS, memory_need
 from simfed.learn.methods.base import Budget, ClientInfo, LocalPlan, Method, Update
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
+from simfed.learn.survival import surviving_share
+from simfed.run.divergence import DivergenceGuard, method_status
 from simfed.run.dry import run_dry
 from simfed.run.executor import Job, LocalExecutor, make_executor
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
@@ -91,6 +93,7 @@ class MethodWorkload:
     jobs: dict[int, Job] = field(default_factory=dict)  # device → local update decided, not yet run
     costed_upload: dict[int, int] = field(default_factory=dict)  # device → upload bytes the engine charged for its job
     discarded: set[int] = field(default_factory=set)  # pending jobs whose update the server will never merge
+    guard: DivergenceGuard = field(default_factory=DivergenceGuard)  # non-finite updates refused (simfed/run/divergence.py)
 
     @property
     def dtype(self) -> str:
@@ -107,10 +110,16 @@ class MethodWorkload:
             return
         jobs = list(self.jobs.values())
         self.jobs.clear()
+        before = self.guard.snapshot(self.method, jobs)
         for job, update in zip(jobs, self.executor.run(jobs)):
             self.training_calls += 1
             self.trained.add(job.client)
-            self._accept(job, update)
+            if self.guard.admit(self.method, job, update, before):
+                self._accept(job, update)
+            else:  # non-finite: never stored, so never merged; the server logs it when it screens the round
+                self.costed_upload.pop(job.client)
+                self.discarded.discard(job.client)
+                self.bases.pop(job.client, None)
 
     def _accept(self, job: Job, update: Update) -> None:
         device = job.client
@@ -134,6 +143,7 @@ class MethodWorkload:
             upload_bytes=shapes_bytes(self.method.upload_shapes(device), self.dtype),
             flops=self.method.round_flops(device),
             activation_bytes=self.method.round_activation_bytes(device),
+            kept_share=surviving_share(self.method, device),  # simfed/learn/survival.py
         )
         if self.checkpoint is not None:
             self.checkpoint.log_cost(device, round_index, cost)
@@ -162,6 +172,14 @@ class MethodWorkload:
             self.bases[device] = {k: v.clone() for k, v in received.items()}
         self.jobs[device] = Job(device, received, plan)
 
+    def screen(self, round_index: int, devices: list[int]) -> list[int]:
+        """The engine's question before a merge: which of these reports does the server refuse
+        (non-finite; simfed/run/divergence.py)."""
+        if self.replay is not None:
+            return self.replay.refused(round_index, devices)
+        self.run_jobs()
+        return self.guard.screen(round_index, devices)
+
     def on_aggregate(self, round_index: int, devices: list[int], weights: list[float] | None = None) -> None:
         if self.replay is not None:
             return
@@ -174,6 +192,7 @@ class MethodWorkload:
         # updates of this round that did not make it (stragglers) are never merged later
         for d in [d for d, (r, _) in self.updates.items() if r <= round_index]:
             del self.updates[d]
+        self.guard.forget_through(round_index)
         self.method.aggregate(accepted, round_index)
 
     def on_event(self, event: SimEvent) -> None:
@@ -183,6 +202,9 @@ class MethodWorkload:
                 self.discarded.add(event.device)
             self.updates.pop(event.device, None)
             self.bases.pop(event.device, None)
+            self.guard.forget(event.device)
+            if event.kind == "dropped":  # dropped before its compute ended: its payload is never trained on
+                self.pending.pop(event.device, None)
 
     def on_round_end(self, round_index: int, sim_time_s: float) -> None:
         if self.replay is not None:  # resuming: the rounds up to the checkpoint were done and written
@@ -354,6 +376,7 @@ def run_method(
                               executor=executor)
     if checkpoint is not None and checkpoint.round is not None:
         workload.replay = checkpoint.load(method)
+        workload.replay.check_world(scenario.world, f"{method.name} seed {seed}")  # simfed/run/replay_check.py
 
     def live(observe: Callable[[SimEvent], None]) -> Callable[[SimEvent], None]:
         """`observe`, silent while replaying (those events are already in events.jsonl and trace)."""
@@ -376,6 +399,7 @@ def run_method(
     # updates decided after the last evaluation (stragglers still computing): nothing measured
     # depends on them, so they are never run (their time, bytes and energy are in the tally)
     stats["training_skipped"] = len(workload.jobs)
+    stats["status"] = method_status(tally.diverged, tally.updates_aggregated)  # simfed/run/divergence.py
     if scenario.world.memory_policy != "ignore":
         stats["memory_excluded"] = len(engine.excluded)  # devices never selected: the training does not fit
     run.finish_method(method.name, seed, stats, measured_model=method.measured_model)

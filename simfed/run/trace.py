@@ -4,8 +4,9 @@ chrome://tracing).
 One process (`pid`) per method and seed; in it one track (`tid`) per device (tid = device + 1)
 and a server track (tid 0). Complete spans (`ph: "X"`, `ts`/`dur` in microseconds of simulated
 time) for each download, compute and upload (a cut step becomes a span named "download (cut)",
-etc.), one span per round on the server track, and instant events (`ph: "i"`) for dropped,
-straggler, stale and aggregated.
+etc.), one span per round on the server track, and instant events (`ph: "i"`) for dropped (with
+its recovery_s / slot_held_s when set), straggler (reason "refused" under late_reports: refuse),
+stale, diverged and aggregated; an abandoned round's span says reason "abandoned".
 
 The file is a JSON array that is valid after every write: each flush seeks back over the closing
 "]" and appends the new events before a fresh "]". A crash or Ctrl-C between flushes loses only
@@ -21,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 US = 1_000_000  # microseconds per second
 SERVER_TID = 0
 PHASES = ("download", "compute", "upload")
-INSTANTS = ("dropped", "straggler", "stale", "aggregated")
+INSTANTS = ("dropped", "straggler", "stale", "diverged", "aggregated")
 
 
 def _event_dict(event: Any) -> Mapping[str, Any]:
@@ -126,9 +127,10 @@ class _Tracks:
         elif kind == "dropped":
             start = self.open.pop((device, e["phase"]), t - (e.get("seconds") or 0.0))
             self._span(tid, f"{e['phase']} (cut)", start, t, {"round": r, "reason": e.get("reason")})
-            self._instant(tid, "dropped", t, {"round": r, "phase": e["phase"], "reason": e.get("reason")})
+            extra = {k: e[k] for k in ("recovery_s", "slot_held_s") if e.get(k) is not None}
+            self._instant(tid, "dropped", t, {"round": r, "phase": e["phase"], "reason": e.get("reason"), **extra})
         elif kind in INSTANTS:
-            keep = ("late_s", "staleness", "devices", "weights", "stalenesses", "count")
+            keep = ("reason", "late_s", "staleness", "devices", "weights", "stalenesses", "count")
             self._instant(tid, kind, t, {"round": r, **{k: e[k] for k in keep if e.get(k) is not None}})
         elif kind == "round_start":
             self.rounds[r] = t

@@ -9,6 +9,8 @@ Definitions (see events.py for which event carries what):
   (bytes and energy): it keeps its local training, so its compute is not counted as wasted.
 - dropouts, stragglers, stale: counts of `dropped`, `straggler` and `stale` events (a stale
   update, asynchronous policies only, wastes its upload like a straggler).
+- diverged: updates the server refused as non-finite (`diverged` events), each wasting its
+  device's whole round; diverged_updates lists them as [device, round].
 """
 from __future__ import annotations
 
@@ -25,11 +27,17 @@ class Tally:
     energy_j: float = 0.0  # joules, all devices
     flops: float = 0.0  # FLOPs executed, including cut work
     compute_s: float = 0.0  # device compute seconds, including cut work
-    rounds: int = 0  # rounds closed
+    rounds: int = 0  # rounds closed and merged (abandoned ones not counted)
+    abandoned_rounds: int = 0  # sync rounds closed with fewer than server.min_reports reports
     updates_aggregated: int = 0  # updates the server merged
     dropouts: int = 0
     stragglers: int = 0
     stale: int = 0  # async: updates dropped as too stale
+    diverged: int = 0  # updates refused as non-finite
+    late_refused: int = 0  # stragglers refused at check-in (server.late_reports: refuse), among `stragglers`
+    recovery_s: float = 0.0  # offline time after hazard dropouts (dropout.recovery_mean_s), summed
+    slot_held_s: float = 0.0  # async: time cut devices' slots stayed taken (server.client_timeout_s), summed
+    diverged_updates: list[tuple[int, int]] = field(default_factory=list)  # (device, round) of each
     wasted_compute_s: float = 0.0
     wasted_bytes: int = 0
     wasted_energy_j: float = 0.0
@@ -58,12 +66,20 @@ class Tally:
             self._count_drop(event)
         elif kind == "straggler":
             self.stragglers += 1
+            self.late_refused += event.reason == "refused"
             self._waste(event)
         elif kind == "stale":
             self.stale += 1
             self._waste(event)
+        elif kind == "diverged":
+            self.diverged += 1
+            self.diverged_updates.append((event.device, event.round))
+            self._waste(event)
         elif kind == "aggregated":
             self.updates_aggregated += event.count
+            self.round_open = False
+        elif kind == "round_end" and event.reason == "abandoned":
+            self.abandoned_rounds += 1
             self.round_open = False
         elif kind == "round_end":
             self.rounds += 1
@@ -72,6 +88,8 @@ class Tally:
 
     def _count_drop(self, event: SimEvent) -> None:
         self.dropouts += 1
+        self.recovery_s += event.recovery_s or 0.0
+        self.slot_held_s += event.slot_held_s or 0.0
         if event.round == self.current_round:
             self.round_dropped += 1
         self._working.pop(event.device, None)
@@ -103,10 +121,13 @@ class Tally:
 
     def as_summary(self) -> dict[str, Any]:
         return {
-            "sim_time_s": self.sim_time_s, "rounds": self.rounds, "updates_aggregated": self.updates_aggregated,
+            "sim_time_s": self.sim_time_s, "rounds": self.rounds, "abandoned_rounds": self.abandoned_rounds,
+            "updates_aggregated": self.updates_aggregated,
             "bytes_down": self.bytes_down, "bytes_up": self.bytes_up, "energy_j": self.energy_j,
             "flops": self.flops, "compute_s": self.compute_s,
             "dropouts": self.dropouts, "stragglers": self.stragglers, "stale": self.stale,
+            "diverged": self.diverged, "diverged_updates": [list(u) for u in self.diverged_updates],
+            "late_refused": self.late_refused, "recovery_s": self.recovery_s, "slot_held_s": self.slot_held_s,
             "wasted_bytes": self.wasted_bytes, "wasted_compute_s": self.wasted_compute_s,
             "wasted_energy_j": self.wasted_energy_j,
             "in_flight": self.in_flight, "straggling": self.straggling, "round_dropped": self.round_dropped,

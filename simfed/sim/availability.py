@@ -67,15 +67,24 @@ class MarkovOnOff:
 
 
 class TraceReplay:
-    """One client of a recorded trace, shifted to start at 0 and repeated with its length."""
+    """One client of a recorded trace (see `TraceSpec`): on the trace's common clock, folded by
+    whole days into the client's window, or (clock: own) shifted to start at 0 and repeated with
+    its length. Both are one loop: spans relative to a cycle's start, a cycle length, and how far
+    into its cycle the client is at sim time 0."""
 
     def __init__(self, spec: TraceSpec, seed: int, device: int):
-        clients = _read_trace(spec.path)
+        trace = read_trace(spec.path)
+        clients = trace.clients
         if not clients:
             raise ValueError(f"availability trace {spec.path!r} holds no clients")
-        pick = int(stream(seed, Purpose.AVAILABILITY, device).integers(len(clients)))
-        self.period_s, self.ready = clients[pick]
-        self.offset_s = spec.offset_s
+        self.client = trace_client(spec, seed, device, len(clients))
+        begin, length, ready = clients[self.client]
+        if spec.clock == "own":
+            self.period_s, self.ready, self.offset_s = length, ready, spec.offset_s
+            return
+        self.period_s = max(1.0, math.floor(length / DAY_S)) * DAY_S  # whole days: the hours stay put
+        self.ready = tuple((s, min(e, self.period_s)) for s, e in ready if s < self.period_s)
+        self.offset_s = (common_origin(trace, spec) - begin) % self.period_s
 
     def periods(self) -> Iterator[Period]:
         if not self.ready:
@@ -95,9 +104,57 @@ class TraceReplay:
                 t = end
 
 
+def trace_client(spec: TraceSpec, seed: int, device: int, n_clients: int) -> int:
+    """Which client of the trace `device` replays. independent: a uniform draw from the device's
+    own stream (devices may share a client). distinct: device d takes entry d mod n of a random
+    permutation of the n clients, a fresh permutation for each block of n device ids, so no two
+    devices share a client while the fleet is no larger than the trace."""
+    if spec.clients == "independent":
+        return int(stream(seed, Purpose.AVAILABILITY, device).integers(n_clients))
+    block, index = divmod(device, n_clients)
+    return int(stream(seed, Purpose.TRACE_CLIENTS, block).permutation(n_clients)[index])
+
+
+def common_origin(trace: "Trace", spec: TraceSpec) -> float:
+    """T0, the trace time at sim time 0 on the common clock: the trace's earliest start plus
+    offset_s, moved on to the next `start_hour` o'clock of the trace's clock if one is given."""
+    origin = trace.earliest_start_s + spec.offset_s
+    if spec.start_hour is None:
+        return origin
+    return origin + (spec.start_hour * HOUR_S - origin) % DAY_S
+
+
+Client = tuple[float, float, tuple[tuple[float, float], ...]]  # (trace_start, length_s, ready spans in [0, length))
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The usable clients of a FLASH-format trace file, in file-key order."""
+
+    clients: tuple[Client, ...]
+
+    @property
+    def earliest_start_s(self) -> float:
+        return min(begin for begin, _, _ in self.clients)
+
+    def online_share_by_hour(self, step_s: float = 60.0) -> np.ndarray:
+        """Per hour of the trace's clock (timestamp mod 1 day): the share of the clients inside
+        their recorded window that are ready, sampled every `step_s` over every window."""
+        online, total = np.zeros(24), np.zeros(24)
+        for begin, length, spans in self.clients:
+            t = np.arange(step_s / 2, length, step_s)
+            ready = np.zeros(len(t), dtype=bool)
+            for s, e in spans:
+                ready[np.searchsorted(t, s):np.searchsorted(t, e)] = True
+            hour = (((begin + t) % DAY_S) // HOUR_S).astype(int)
+            np.add.at(online, hour, ready)
+            np.add.at(total, hour, 1)
+        return online / np.maximum(total, 1)
+
+
 @lru_cache(maxsize=8)
-def _read_trace(path: str) -> tuple[tuple[float, tuple[tuple[float, float], ...]], ...]:
-    """Clients of a FLASH-format trace (sorted by key): (length_s, merged ready periods in [0, length))."""
+def read_trace(path: str) -> Trace:
+    """Clients of a FLASH-format trace (sorted by key), each with its merged ready periods."""
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
     clients = []
@@ -117,8 +174,13 @@ def _read_trace(path: str) -> tuple[tuple[float, tuple[tuple[float, float], ...]
                 merged[-1] = (merged[-1][0], max(merged[-1][1], e))
             else:
                 merged.append((s, e))
-        clients.append((length, tuple(merged)))
-    return tuple(clients)
+        clients.append((begin, length, tuple(merged)))
+    return Trace(tuple(clients))
+
+
+def _read_trace(path: str) -> tuple[tuple[float, tuple[tuple[float, float], ...]], ...]:
+    """(length_s, ready spans) per client: the own-clock view, for older callers."""
+    return tuple((length, spans) for _, length, spans in read_trace(path).clients)
 
 
 HOUR_S = 3600.0

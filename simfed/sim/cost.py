@@ -41,6 +41,14 @@ def compute_seconds(flops: float, flops_per_s: float, slowdown: float,
     return seconds * slowdown
 
 
+def throttled_seconds(seconds: float, after_s: float, factor: float) -> float:
+    """Sustained-load thermal throttling: `seconds` of compute at full speed take as long for
+    the first `after_s`, then the device runs at `factor` of its speed (each round starts cool)."""
+    if seconds <= after_s or factor >= 1.0:
+        return seconds
+    return after_s + (seconds - after_s) / factor
+
+
 def compute_slowdown(seed: int, device: int, round_index: int, sigma: float) -> float:
     """Run-to-run noise of one device in one round: lognormal with median 1 and ln-sd `sigma`
     (thermal state, background apps). Drawn from the (seed, COMPUTE_NOISE, device, round) stream."""
@@ -55,3 +63,11 @@ def failure_after_s(seed: int, device: int, round_index: int, hazard_per_hour: f
         return math.inf
     u = stream(seed, Purpose.DROPOUT, device, round_index).random()
     return -math.log1p(-u) * 3600.0 / hazard_per_hour
+
+
+def recovery_seconds(seed: int, device: int, round_index: int, mean_s: float) -> float:
+    """How long `device` stays offline after a hazard dropout in round `round_index`: exponential
+    with mean `mean_s` (0: not at all). From the (seed, RECOVERY, device, round) stream."""
+    if mean_s <= 0:
+        return 0.0
+    return float(stream(seed, Purpose.RECOVERY, device, round_index).exponential(mean_s))

@@ -52,6 +52,10 @@ class Engine:
         devices = Devices(env, self.fleet, self.presence, doorbell.ring, side)
         self.excluded = self._memory_excluded()
         devices.excluded[self.excluded] = True
+        devices.refuse_late = spec.policy == "sync" and spec.late_reports == "refuse"
+        devices.energy_model = self.world.energy_model
+        devices.waste_by_method = self.world.waste == "by_method"
+        devices.client_timeout_s = spec.client_timeout_s if spec.policy != "sync" else None
         policy = server if spec.policy == "sync" else async_server
         rounds = env.process(policy(env, self.world, devices, doorbell, self.workload, self.seed, self.emit))
         limit = self.world.server.max_sim_time_s

@@ -18,17 +18,31 @@ The resource totals can be recomputed from the stream alone; each unit is carrie
                             phase=download, sent if upload; absent for compute), flops (compute
                             only), seconds (elapsed in the phase), energy_j
                                                                               -> bytes, compute, energy
-                            plus the device's whole spend in this round, all of it wasted:
-                            wasted_bytes, wasted_compute_s, wasted_energy_j   -> wasted
+                            plus the device's spend in this round that is wasted (all of it, but
+                            cut mid-upload under world.waste: by_method only the share the next
+                            download overwrites): wasted_bytes, wasted_compute_s, wasted_energy_j
+                                                                              -> wasted
+                            recovery_s (hazard, with a recovery): offline this long from the cut;
+                            slot_held_s (async, with client_timeout_s): its slot stays taken
     straggler       d       follows its upload_end when the round had closed; late_s (after the
                             close), and wasted_bytes / wasted_energy_j = that upload's bytes and
-                            energy, wasted_compute_s = 0 (the device keeps its local training;
-                            only the upload was for nothing)                  -> wasted
+                            energy plus, under world.waste: by_method, the share (1 - kept_share)
+                            of its download and compute that the next download overwrites;
+                            wasted_compute_s = that share of its compute      -> wasted
+                            With server.late_reports: refuse it follows compute_end instead:
+                            reason "refused", seconds = the one round trip of the check-in,
+                            energy_j (that round trip), nothing uploaded      -> energy, wasted
     stale           d       async only: follows its upload_end when the update is staler than
                             max_staleness; staleness, and wasted_* as for a straggler -> wasted
+    diverged        d       the server refuses the device's update at the merge: a non-finite
+                            upload or training loss (reason "non_finite"); it is left out of the
+                            `aggregated` event that follows; its bytes and energy were spent
+                            (counted by its *_end events), wasted_* = that round's spend -> wasted
     aggregated      -       devices (sorted ids whose update the server merges), count;
                             async also: stalenesses and weights (1/sqrt(1+s)), in the order of devices
-    round_end       -       reason (target|deadline; async: buffer), aggregated, selected, duration_s
+    round_end       -       reason (target|deadline|abandoned; async: buffer), aggregated, selected,
+                            duration_s; abandoned (fewer than server.min_reports reports): count =
+                            the reports it had, nothing merged, no aggregated event
 
 Asynchronous policies (fedbuff, fedasync): a round is one aggregation, i.e. one model version;
 round_start comes when the version becomes current (target = the buffer size K; `selected` and
@@ -39,7 +53,7 @@ the device's link alone, and its *_end `seconds` the time it really took.
 
 So: bytes_down = sum(bytes) over download_end and dropped with phase=download; bytes_up likewise
 with upload; energy_j = sum(energy_j) over all events; compute seconds = sum(seconds) over
-compute_end and dropped with phase=compute; wasted_* = sum over dropped, straggler and stale. Bytes
+compute_end and dropped with phase=compute; wasted_* = sum over dropped, straggler, stale and diverged. Bytes
 count what moved: a cut transfer counts the whole bytes that had arrived when it was cut
 (after the latency, at the link's rate). Work still in flight when the run stops appears only
 up to its last *_end event.
@@ -51,7 +65,7 @@ from typing import Any, Literal
 
 Kind = Literal[
     "round_start", "selected", "download_start", "download_end", "compute_start", "compute_end",
-    "upload_start", "upload_end", "dropped", "straggler", "stale", "aggregated", "round_end",
+    "upload_start", "upload_end", "dropped", "straggler", "stale", "diverged", "aggregated", "round_end",
 ]
 Phase = Literal["download", "compute", "upload"]
 
@@ -86,6 +100,8 @@ class SimEvent:
     staleness: int | None = None  # stale: server version at arrival - version downloaded
     stalenesses: tuple[int, ...] | None = None  # aggregated (async): each merged update's staleness
     weights: tuple[float, ...] | None = None  # aggregated (async): each merged update's weight, 1/sqrt(1+s)
+    recovery_s: float | None = None  # dropped (hazard, dropout.recovery_mean_s > 0): offline this long from the cut
+    slot_held_s: float | None = None  # dropped (async, server.client_timeout_s): the slot stays taken this long from the cut
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: `t`, `kind`, `round`, `device` always; other fields only when set."""

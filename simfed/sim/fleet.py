@@ -28,6 +28,15 @@ class DeviceProfile:
     down_sigma_ln: float = 0.0  # within-user ln-sd of the downlink per round (link_trace); 0 = fixed rate
     up_sigma_ln: float = 0.0  # within-user ln-sd of the uplink per round (link_trace)
     activation_bytes_per_s: float = 0.0  # effective bandwidth of element-wise work; 0 = folded into flops_per_s
+    # power figures (world.energy_model: power; simfed/sim/energy.py)
+    compute_power_w: float = 0.0  # sustained power while training, W (the tier's)
+    radio_alpha_down_w_per_mbps: float = 0.0  # radio power per Mbit/s received, W (Huang et al. 2012)
+    radio_alpha_up_w_per_mbps: float = 0.0  # radio power per Mbit/s sent, W
+    radio_beta_w: float = 0.0  # radio power while a transfer is under way, W
+    radio_tail_w: float = 0.0  # radio power in the tail after a transfer, W
+    radio_tail_s: float = 0.0  # length of that tail, seconds
+    throttle_after_s: float = float("inf")  # sustained compute before thermal throttling (world.throttling: tier), seconds
+    throttle_factor: float = 1.0  # speed once throttled, fraction of full speed
 
     @property
     def joules_per_byte(self) -> float:
@@ -58,13 +67,17 @@ def _draw_device(device_id: int, group: DeviceGroupSpec, world: WorldSpec, seed:
     compute_sigma = tier.sigma if world.device_spread_sigma is None else world.device_spread_sigma
     link_sigma = link.sigma if world.link_spread_sigma is None else world.link_spread_sigma
     compute_factor = math.exp(compute_sigma * z_compute)  # lognormal, median 1
-    link_factor = math.exp(link_sigma * z_link)
+    link_factor = up_factor = math.exp(link_sigma * z_link)
+    rho = world.link_spread_correlation
+    if rho < 1:  # the uplink's own draw, correlated rho with the downlink's (only then drawn: old runs unchanged)
+        z_own = stream(seed, Purpose.UPLINK_SPREAD, device_id).standard_normal()
+        up_factor = math.exp(link_sigma * (rho * z_link + math.sqrt(1 - rho * rho) * z_own))
     flops_per_s = (group.flops_per_s or tier.flops_per_s) * compute_factor
     if group.compute_scores is not None:
         scores = load_scores(group.compute_scores, group.score_field)
         flops_per_s = (group.flops_per_s or tier.flops_per_s) * score_factor(scores, score_u)
     down_bps = (group.down_mbps or link.down_mbps) * MBPS * link_factor
-    up_bps = (group.up_mbps or link.up_mbps) * MBPS * link_factor
+    up_bps = (group.up_mbps or link.up_mbps) * MBPS * up_factor
     down_sigma_ln = up_sigma_ln = 0.0
     if group.link_trace is not None:
         users = load_link_users(group.link_trace)
@@ -87,4 +100,12 @@ def _draw_device(device_id: int, group: DeviceGroupSpec, world: WorldSpec, seed:
         up_sigma_ln=up_sigma_ln,
         # the device's compute factor scales its memory bandwidth too (one chip, one spread)
         activation_bytes_per_s=tier.activation_bytes_per_s * flops_per_s / (group.flops_per_s or tier.flops_per_s),
+        compute_power_w=tier.power_w,
+        radio_alpha_down_w_per_mbps=link.alpha_down_w_per_mbps,
+        radio_alpha_up_w_per_mbps=link.alpha_up_w_per_mbps,
+        radio_beta_w=link.beta_w,
+        radio_tail_w=link.tail_w,
+        radio_tail_s=link.tail_s,
+        throttle_after_s=tier.throttle_after_s if world.throttling == "tier" else float("inf"),
+        throttle_factor=tier.throttle_factor if world.throttling == "tier" else 1.0,
     )

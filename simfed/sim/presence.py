@@ -29,6 +29,7 @@ class Presence:
         self.online = np.zeros(n, dtype=bool)
         self.busy = np.zeros(n, dtype=bool)  # working for a round (possibly a closed one: a straggler)
         self.until = np.zeros(n)  # sim time the device's current period ends, seconds; inf: never
+        self.held = np.zeros(n)  # offline until this sim time whatever its timeline says (recovery after a dropout)
         self._periods: list[Iterator[Period] | None] = [timeline.periods() for timeline in timelines]
         if len(self._periods) != n:
             raise ValueError(f"expected {n} timelines, got {len(self._periods)}")
@@ -54,9 +55,13 @@ class Presence:
     def ready(self, t: float) -> np.ndarray:
         """Mask of the devices online and idle at `t`."""
         self.advance(t)
-        return self.online & ~self.busy
+        return self.online & ~self.busy & (self.held <= t)
 
-    def next_online_s(self) -> float:
-        """The earliest time a device now offline comes online (inf if none ever will)."""
+    def next_online_s(self, t: float = 0.0) -> float:
+        """The earliest time a device now offline comes online, or a recovering one's hold ends
+        (inf if none ever will). At a hold's end the device may still be offline: a waiting
+        server then looks again and waits on."""
         offline = ~self.online
-        return float(self.until[offline].min()) if offline.any() else math.inf
+        first = float(self.until[offline].min()) if offline.any() else math.inf
+        holding = self.held > t
+        return min(first, float(self.held[holding].min())) if holding.any() else first

@@ -31,6 +31,9 @@ class TierProfile:
     sigma: float  # lognormal spread of a device's FLOP/s around the median (ln units)
     source: str  # where the numbers come from
     activation_bytes_per_s: float = 0.0  # effective element-wise bandwidth (calibrated tiers); 0 = not modelled
+    power_w: float = 0.0  # sustained power while training, W; a file without it: joules_per_flop * flops_per_s
+    throttle_after_s: float = float("inf")  # sustained compute before thermal throttling sets in, seconds (world.throttling: tier)
+    throttle_factor: float = 1.0  # speed after that, as a fraction of full speed
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,12 @@ class LinkProfile:
     joules_per_byte_up: float  # radio energy per byte sent, J
     sigma: float  # lognormal spread of a user's throughput around the median (ln units)
     source: str  # where the numbers come from
+    # power model (Huang et al. MobiSys 2012): P = alpha * Mbps + beta while transferring, then a tail
+    alpha_down_w_per_mbps: float = 0.0
+    alpha_up_w_per_mbps: float = 0.0
+    beta_w: float = 0.0
+    tail_w: float = 0.0
+    tail_s: float = 0.0
 
 
 USER_PROFILES_ENV = "SIMFED_PROFILES"  # names a user tiers file (see the module doc)
@@ -78,6 +87,12 @@ def _tier(name: str, row: dict[str, Any]) -> TierProfile:
         source=str(row["source"]),
         activation_bytes_per_s=(_positive(name, "activation_bytes_per_s", row["activation_bytes_per_s"])
                                 if "activation_bytes_per_s" in row else 0.0),
+        power_w=(_positive(name, "power_w", row["power_w"]) if "power_w" in row
+                 else float(row["joules_per_flop"]) * float(row["flops_per_s"])),
+        throttle_after_s=(_positive(name, "throttle_after_s", row["throttle_after_s"])
+                          if "throttle_after_s" in row else float("inf")),
+        throttle_factor=(_positive(name, "throttle_factor", row["throttle_factor"])
+                         if "throttle_factor" in row else 1.0),
     )
 
 
@@ -91,6 +106,11 @@ def _link(name: str, row: dict[str, Any]) -> LinkProfile:
         joules_per_byte_up=_positive(name, "joules_per_byte_up", row["joules_per_byte_up"]),
         sigma=float(row["sigma"]),
         source=str(row["source"]),
+        alpha_down_w_per_mbps=_positive(name, "alpha_down_mw_per_mbps", row["alpha_down_mw_per_mbps"]) / 1000,
+        alpha_up_w_per_mbps=_positive(name, "alpha_up_mw_per_mbps", row["alpha_up_mw_per_mbps"]) / 1000,
+        beta_w=_positive(name, "beta_mw", row["beta_mw"]) / 1000,
+        tail_w=float(row["tail_mw"]) / 1000,  # may be 0
+        tail_s=float(row["tail_s"]),
     )
 
 

@@ -27,9 +27,9 @@ import math
 import numpy as np
 import simpy
 
-from simfed.sim.cost import compute_slowdown, failure_after_s
+from simfed.sim.cost import compute_slowdown, failure_after_s, recovery_seconds
 from simfed.sim.device_data import link_variation
-from simfed.sim.device import Devices, Emit
+from simfed.sim.device import Devices, Emit, timeout_at
 from simfed.sim.events import SimEvent
 from simfed.sim.spec import WorldSpec
 from simfed.sim.streams import Purpose, stream
@@ -77,11 +77,13 @@ class Round:
         if self.closed_at is None:
             self.closed_at = self.env.now
 
-    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float) -> SimEvent:
-        """A straggler: the device keeps its local training, only the upload was for nothing."""
+    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float,
+                 wasted_compute_s: float = 0.0) -> SimEvent:
+        """A straggler: the device keeps its local training; its upload was for nothing, and so
+        was the part of its training the method's next download overwrites (device.overwritten)."""
         assert self.closed_at is not None
         return SimEvent(now, "straggler", self.index, device, late_s=now - self.closed_at, wasted_bytes=wasted_bytes,
-                        wasted_compute_s=0.0, wasted_energy_j=wasted_energy_j)
+                        wasted_compute_s=wasted_compute_s, wasted_energy_j=wasted_energy_j)
 
 
 def selection_size(over_selection: float, target: int) -> int:
@@ -101,15 +103,34 @@ def choose(ready: np.ndarray, k: int, seed: int, round_index: int) -> list[int]:
     return sorted(by_rank[ready[by_rank]][:k].tolist())
 
 
+def screened(workload: Workload, devices: Devices, round_index: int, reports: list[int], now: float,
+             emit: Emit) -> list[int]:
+    """The reports the server merges: those the workload's `screen` does not refuse (a non-finite
+    update, found when the learning side computes it). Each refused one is a `diverged` event whose
+    waste is that device's whole round. A workload without `screen` refuses nothing."""
+    screen = getattr(workload, "screen", None)
+    refused = set(screen(round_index, list(reports))) if screen is not None and reports else set()
+    for d in sorted(refused):
+        spent_bytes, compute_s, energy_j = devices.delivered.get(d, (0, 0.0, 0.0))
+        emit(SimEvent(now, "diverged", round_index, d, reason="non_finite", wasted_bytes=spent_bytes,
+                      wasted_compute_s=compute_s, wasted_energy_j=energy_j))
+    return [d for d in reports if d not in refused]
+
+
 def server(env: simpy.Environment, world: WorldSpec, devices: Devices, doorbell: Doorbell,
            workload: Workload, seed: int, emit: Emit):
     """Run `world.server.rounds` synchronous rounds."""
     spec = world.server
+    wanted = selection_size(spec.over_selection, spec.target_per_round)
     for r in range(spec.rounds):
+        if spec.selection_window_s > 0:  # check-ins: wait for enough devices, up to the window
+            window_end = env.now + spec.selection_window_s
+            while np.count_nonzero(devices.ready()) < wanted and env.now < window_end:
+                yield doorbell.wait() | devices.next_online() | timeout_at(env, window_end)
         while not (ready := devices.ready()).any():
             yield doorbell.wait() | devices.next_online()
         eligible = int(np.count_nonzero(ready))
-        chosen = choose(ready, selection_size(spec.over_selection, spec.target_per_round), seed, r)
+        chosen = choose(ready, wanted, seed, r)
         rnd = Round(env, r, quorum=min(spec.target_per_round, len(chosen)))
         emit(SimEvent(env.now, "round_start", r, target=rnd.quorum, eligible=eligible, selected=len(chosen),
                       deadline_s=spec.deadline_s))
@@ -119,11 +140,17 @@ def server(env: simpy.Environment, world: WorldSpec, devices: Devices, doorbell:
             p = devices.profiles[d]
             devices.join(d, rnd, workload.cost(d, r), compute_slowdown(seed, d, r, world.compute_noise_sigma),
                          failure_after_s(seed, d, r, world.dropout.hazard_per_hour), workload, emit,
-                         link_variation(seed, d, r, p.down_sigma_ln, p.up_sigma_ln))
+                         link_variation(seed, d, r, p.down_sigma_ln, p.up_sigma_ln),
+                         recovery_seconds(seed, d, r, world.dropout.recovery_mean_s))
 
         yield rnd.quorum_reached | env.timeout(spec.deadline_s)
         rnd.close()
-        merged = sorted(rnd.reports)
+        if len(rnd.reports) < spec.min_reports:  # too few to merge: abandoned, nothing changes
+            emit(SimEvent(env.now, "round_end", r, reason="abandoned", aggregated=0, selected=len(chosen),
+                          count=len(rnd.reports), duration_s=env.now - rnd.started_at))
+            workload.on_round_end(r, env.now)
+            continue
+        merged = screened(workload, devices, r, sorted(rnd.reports), env.now, emit)
         emit(SimEvent(env.now, "aggregated", r, devices=tuple(merged), count=len(merged)))
         workload.on_aggregate(r, merged)
         emit(SimEvent(env.now, "round_end", r, reason="target" if rnd.quorum_reached.triggered else "deadline",
@@ -139,8 +166,9 @@ def staleness_weight(staleness: int) -> float:
 class Buffer:
     """The asynchronous server's state: the current model version and the updates waiting."""
 
-    def __init__(self, env: simpy.Environment, spec, workload: Workload, emit: Emit):
+    def __init__(self, env: simpy.Environment, spec, workload: Workload, emit: Emit, devices: Devices | None = None):
         self.env, self.spec, self.workload, self.emit = env, spec, workload, emit
+        self.devices = devices
         self.version = 0  # the current model version; it rises by one at every aggregation
         self.waiting: list[tuple[int, int]] = []  # (device, staleness) in arrival order
         self.selected = 0  # devices picked while the current version was current
@@ -159,6 +187,9 @@ class Buffer:
     def aggregate(self) -> None:
         k, now = self.version, self.env.now
         merged = sorted(self.waiting)
+        if self.devices is not None:
+            kept = set(screened(self.workload, self.devices, k, [d for d, _ in merged], now, self.emit))
+            merged = [(d, s) for d, s in merged if d in kept]
         devices = [d for d, _ in merged]
         weights = [staleness_weight(s) for _, s in merged]
         self.waiting = []
@@ -186,17 +217,18 @@ class Ticket:
             return True
         return self.buffer.arrive(device, self.index)
 
-    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float) -> SimEvent:
-        """Too stale: dropped; like a straggler it wastes the upload, not the local training."""
+    def rejected(self, device: int, now: float, wasted_bytes: int, wasted_energy_j: float,
+                 wasted_compute_s: float = 0.0) -> SimEvent:
+        """Too stale: dropped; it wastes what a straggler does."""
         return SimEvent(now, "stale", self.index, device, staleness=self.buffer.version - self.index,
-                        wasted_bytes=wasted_bytes, wasted_compute_s=0.0, wasted_energy_j=wasted_energy_j)
+                        wasted_bytes=wasted_bytes, wasted_compute_s=wasted_compute_s, wasted_energy_j=wasted_energy_j)
 
 
 def async_server(env: simpy.Environment, world: WorldSpec, devices: Devices, doorbell: Doorbell,
                  workload: Workload, seed: int, emit: Emit):
     """Run `world.server.rounds` buffered asynchronous aggregations (FedBuff; FedAsync when K = 1)."""
     spec = world.server
-    buffer = Buffer(env, spec, workload, emit)
+    buffer = Buffer(env, spec, workload, emit, devices)
     jobs: dict[int, int] = {}  # participations so far, per device that has had any: keys its random draws
     picks = 0  # devices picked so far: keys the selection stream
     announced = -1
@@ -221,7 +253,8 @@ def async_server(env: simpy.Environment, world: WorldSpec, devices: Devices, doo
                              compute_slowdown(seed, d, job, world.compute_noise_sigma),
                              failure_after_s(seed, d, job, world.dropout.hazard_per_hour), workload, emit,
                              link_variation(seed, d, job, devices.profiles[d].down_sigma_ln,
-                                            devices.profiles[d].up_sigma_ln))
+                                            devices.profiles[d].up_sigma_ln),
+                             recovery_seconds(seed, d, job, world.dropout.recovery_mean_s))
         wake = doorbell.wait() | buffer.done
         if devices.busy_count < spec.concurrency:  # a free slot: a device coming online is picked at once
             wake = wake | devices.next_online()

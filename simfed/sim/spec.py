@@ -45,17 +45,39 @@ class MarkovSpec(_Strict):
 class TraceSpec(_Strict):
     """Replay of recorded ready periods, in the FLASH/FLHetBench format
     `{client: {trace_start, trace_end, ready_time: [[start_s, end_s], ...]}}`. Each device is
-    given one client of the file (drawn from its own random stream); the client's trace is
-    shifted to start at sim time 0 and repeats with period trace_end - trace_start."""
+    given one client of the file.
+
+    clock: common (default) replays every client on the trace's one clock, so the time of day
+    the trace recorded survives (FLASH: 2.1x swing over the day, peak 04:00). Sim time 0 is trace
+    time T0: the trace's earliest trace_start (+ offset_s), moved on to the next `start_hour`
+    o'clock of the trace's clock (timestamp mod 86400) if one is given. At trace time T a client
+    is looked up at T shifted by whole days into its recorded window [trace_start, trace_end):
+    it repeats every floor(length / 1 day) days (at least one day; the part of a day a shorter
+    client did not record is offline), so a client keeps its hours whatever day it is replayed on.
+    clock: own is the old replay: each client shifted to start at sim time 0 (+ offset_s) and
+    repeated with its own length, losing the time of day.
+
+    clients: distinct (default) gives the devices replaying one file distinct clients (a random
+    permutation per run) while the file has enough of them, then a fresh permutation for the next
+    block of devices; independent draws each device's client on its own (with replacement)."""
 
     kind: Literal["trace"]
     path: str  # JSON file, relative to the working directory; ~ and $VARS are expanded
-    offset_s: float = Field(0.0, ge=0)  # start this many seconds into each client's trace
+    offset_s: float = Field(0.0, ge=0)  # start this many seconds into the trace (own: into each client's trace)
+    clock: Literal["common", "own"] = "common"  # one clock for all clients (time of day kept), or each its own
+    start_hour: float | None = Field(None, ge=0, lt=24)  # common clock: hour of the trace's day at sim time 0; None = the trace's earliest start
+    clients: Literal["distinct", "independent"] = "distinct"  # devices get distinct clients (without replacement) or independent draws
 
     @field_validator("path")
     @classmethod
     def _expand(cls, value: str) -> str:
         return expand_path(value)
+
+    @model_validator(mode="after")
+    def _start_hour_needs_the_common_clock(self) -> "TraceSpec":
+        if self.clock == "own" and self.start_hour is not None:
+            raise ValueError("start_hour needs clock: common (clock: own replays each client from its own start)")
+        return self
 
 
 class DiurnalSpec(_Strict):
@@ -137,6 +159,14 @@ class DropoutSpec(_Strict):
     """Mid-round failures while a device works for a round (download, compute, upload)."""
 
     hazard_per_hour: float = Field(0.0, ge=0)  # constant failure rate, per hour of active time
+    # After a hazard dropout the device is offline (not eligible) for an exponential time of this
+    # mean, then back on its availability timeline: in deployed FL a dropout is mostly a device that
+    # stops being eligible (unplugged, off Wi-Fi, in use; Bonawitz et al. 2019). 0 = back at once (the
+    # old model). Default: FLASH (Yang et al. 2021), 1,000-client sample: the not-ready gaps between
+    # ready periods have a median of 8.5 min and a mean of 3.43 h = 12,352 s (p90 11.7 h; 12,591
+    # gaps); an exponential with that mean keeps the long-run time offline (its median, 2.4 h, is
+    # above the trace's: the trace's gaps are heavier-tailed than exponential).
+    recovery_mean_s: float = Field(12352.0, ge=0)  # seconds
 
 
 class ServerSpec(_Strict):
@@ -160,6 +190,23 @@ class ServerSpec(_Strict):
     ingress_mbps: float | None = Field(None, gt=0)  # server download capacity for uploads, megabits/s, shared by concurrent uploads; None = unlimited
     egress_mbps: float | None = Field(None, gt=0)  # server upload capacity for downloads, megabits/s, shared by concurrent downloads; None = unlimited
     max_sim_time_s: float | None = Field(None, gt=0, allow_inf_nan=True)  # stop the run at this sim time, seconds; None = no limit
+    # sync: a round that closes with fewer reports is abandoned: nothing merged, not counted in
+    # `rounds`, counted in `abandoned_rounds` (Bonawitz et al. 2019: the server abandons rounds
+    # without enough reports). Default 1: a round with no report never counts. 0 = every round
+    # counts, even an empty one (the old model)
+    min_reports: int = Field(1, ge=0)
+    # sync: before selecting, wait up to this long for ceil(over_selection * target) devices to be
+    # online and idle (check-in window; Bonawitz et al. 2019 select from the devices checking in
+    # during a window); then select among those ready. 0 = select as soon as one is (the old model)
+    selection_window_s: float = Field(0.0, ge=0)
+    # sync: a straggler reaching its upload after the round closed either uploads in full anyway
+    # (upload, the old model) or checks in and is told no (refuse: one round trip, no bytes;
+    # Bonawitz et al. 2019: the server rejects late check-ins; the default)
+    late_reports: Literal["upload", "refuse"] = "refuse"
+    # async: the server learns that a device dropped this long after dispatching it (FedBuff-style
+    # servers time out clients; Nguyen et al. 2022 do not give a value): its concurrency slot stays
+    # taken until then. None = learns at the moment of the cut (the old model)
+    client_timeout_s: float | None = Field(None, gt=0)
 
     @property
     def buffer(self) -> int:
@@ -182,6 +229,25 @@ class WorldSpec(_Strict):
     compute_noise_sigma: float = Field(0.1, ge=0)  # lognormal run-to-run noise of compute time, per device per round (ln units; measured 2-13%)
     device_spread_sigma: float | None = Field(None, ge=0)  # lognormal spread of FLOP/s within a tier (ln units); None = the tier's own (0.5)
     link_spread_sigma: float | None = Field(None, ge=0)  # lognormal spread of throughput across users (ln units); None = the link's own (0.9)
+    # correlation rho of a device's uplink and downlink spread draws (ln units): z_up = rho z_down +
+    # sqrt(1 - rho^2) z_own. 1 = one draw for both (the old model). Default 0.45: the correlation of
+    # ln(mean down) and ln(mean up) over the 19 users of FLASH's speed_distri.json (Yang et al. 2021;
+    # few users: its 95% interval is roughly 0 to 0.75)
+    link_spread_correlation: float = Field(0.45, ge=-1, le=1)
+    # device energy (simfed/sim/energy.py): per_unit = the tier's J/FLOP and the link's J/byte at its
+    # median rate (the old model); power = power x time, Huang et al. (MobiSys 2012): compute at the
+    # tier's sustained power, transfers at alpha * Mbps + beta for their whole duration, plus the
+    # radio's tail after each transfer (the default)
+    energy_model: Literal["per_unit", "power"] = "power"
+    # wasted work of a device whose update the server never uses but whose training the device keeps
+    # (a straggler, a stale update, a cut mid-upload): by_method = its upload, plus the share of its
+    # download and compute that the method's next download overwrites (RoundCost.kept_share);
+    # legacy = the upload only for a straggler, the whole round for a cut (the old model)
+    waste: Literal["by_method", "legacy"] = "by_method"
+    # thermal throttling under sustained load: tier = each tier's curve (simfed/profiles/tiers.yaml:
+    # full speed for throttle_after_s, then throttle_factor of it; phones 0.7 after 7.5 min, an
+    # assumption from the 0.6-0.8 after 5-10 min of shared/PROFILES.md, hence off by default)
+    throttling: Literal["off", "tier"] = "off"
     # a device trains only if base model + adapters (+ grads, AdamW moments) + activations fit its RAM
     # (simfed/learn/memory.py): ignore = never checked; exclude = the server never selects one that does not fit;
     # shrink = the method sizes the device as if it had less memory (fewer experts, lower rank) until its

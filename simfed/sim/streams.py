@@ -19,6 +19,9 @@ class Purpose(IntEnum):
     COMPUTE_NOISE = 4  # a device's run-to-run compute slowdown in a round
     SELECTION = 5  # the server's random order of devices in a round
     LINK_VARIATION = 6  # a trace-driven link's within-user rate variation in a round
+    TRACE_CLIENTS = 7  # the permutation of a trace's clients handed to devices (trace clients: distinct)
+    RECOVERY = 8  # a device's time offline after a hazard dropout, per round (dropout.recovery)
+    UPLINK_SPREAD = 9  # a device's own uplink spread draw (link_spread_correlation < 1)
 
 
 def stream(seed: int, purpose: Purpose, *keys: int) -> np.random.Generator:

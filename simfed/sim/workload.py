@@ -17,6 +17,10 @@ class RoundCost:
     upload_bytes: int  # bytes the device sends back if it finishes
     flops: float  # FLOPs of the device's local work this round
     activation_bytes: float = 0.0  # element-wise memory traffic of that work (0: not modelled)
+    # share of this round's local training that survives the device's next download, in [0, 1]
+    # (simfed/learn/survival.py: FedAvg 0, CoMiGS its private experts' share); None = not stated:
+    # the old accounting (a straggler wastes its upload only, a device cut mid-upload its whole round)
+    kept_share: float | None = None
 
 
 class Workload(Protocol):

@@ -129,10 +129,13 @@ def test_trace_replay_merges_shifts_and_repeats(tmp_path):
     path.write_text(json.dumps({"a": {"trace_start": 1000.0, "trace_end": 1100.0,
                                       "ready_time": [[1010.0, 1020.0], [1015.0, 1030.0], [1050.0, 1050.0],
                                                      [1090.0, 1100.0]]}}))
-    periods = list(itertools.islice(timeline(TraceSpec(kind="trace", path=str(path)), 0, 0).periods(), 7))
+    periods = list(itertools.islice(timeline(TraceSpec(kind="trace", path=str(path), clock="own"), 0, 0).periods(), 7))
     # on 10-30, on 90-100 then (next cycle) on 100-120 ...
     assert periods == [(False, 10.0), (True, 20.0), (False, 60.0), (True, 10.0), (False, 10.0), (True, 20.0),
                        (False, 60.0)]
+    # on the common clock a 100 s client repeats once a day: the rest of the day is offline
+    common = list(itertools.islice(timeline(TraceSpec(kind="trace", path=str(path)), 0, 0).periods(), 5))
+    assert common == [(False, 10.0), (True, 20.0), (False, 60.0), (True, 10.0), (False, 86400.0 - 100.0 + 10.0)]
 
 
 # ../shared beside the checkout (as laid for sessions and CI); the trace is never committed
@@ -173,7 +176,10 @@ def recompute(stream: list[dict]) -> dict:
             out["wasted_compute_s"] += c + (e["seconds"] if e["phase"] == "compute" else 0)
             out["wasted_energy_j"] += j + e["energy_j"]
             out["dropouts"] += 1
-        if e["kind"] in ("straggler", "stale"):
+        if e["kind"] in ("straggler", "stale") and e.get("reason") == "refused":  # late_reports: refuse
+            out["wasted_energy_j"] += e["energy_j"]  # the check-in's round trip; nothing uploaded
+            out["stragglers"] += 1
+        elif e["kind"] in ("straggler", "stale"):
             upload = [x for x in stream if x["kind"] == "upload_end" and (x["device"], x["round"]) == key][0]
             out["wasted_bytes"] += upload["bytes"]
             out["wasted_energy_j"] += upload["energy_j"]
@@ -184,7 +190,7 @@ def recompute(stream: list[dict]) -> dict:
         if e["kind"] == "aggregated":
             out["updates_aggregated"] += len(e["devices"])
         if e["kind"] == "round_end":
-            out["rounds"] += 1
+            out["abandoned_rounds" if e.get("reason") == "abandoned" else "rounds"] += 1
         out["sim_time_s"] = max(out["sim_time_s"], e["t"])
     return dict(out)
 

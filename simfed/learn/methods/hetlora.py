@@ -94,6 +94,11 @@ class HetLoRA(Method):
     def download(self, client: int) -> State:
         return truncate_state(self.fed.server, self.ranks[client])
 
+    def as_local_payload(self, client: int, received: State) -> State:
+        """The payload as the device's tensors hold it: zero-padded to its initial rank
+        (simfed/learn/finite.py resets a diverged device to it)."""
+        return pad_state(received, self.initial_ranks[client])
+
     def local_update(self, client: int, received: State, plan: LocalPlan) -> Update:
         rank = self.ranks[client]
         self._received[client] = {k: v.clone() for k, v in received.items()}
