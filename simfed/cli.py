@@ -193,6 +193,14 @@ def _run_report(run_dir: Path, status: str) -> tuple[str, str]:
     return markdown, to_csv(table)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from simfed.api import export
+
+    for folder in export(args.run_dir, args.method, args.out, args.device, args.seed, args.merged):
+        print(folder)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from simfed.report.tables import build_table, seeds_note, to_csv, to_markdown
     from simfed.run.results import read_metrics
@@ -420,6 +428,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by `simfed run`")
     p.add_argument("--out", help="write the table to OUT.md and OUT.csv (a .md/.csv suffix is dropped)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="a device's trained model as a PEFT adapter folder "
+                                      "(needs a run with output.save_models)")
+    p.add_argument("run_dir", help="a directory written by `simfed run`")
+    p.add_argument("--method", required=True, help="the method's name in the scenario")
+    p.add_argument("--device", type=int, help="one device (OUT is its folder); default every device (OUT/device-<d>/)")
+    p.add_argument("--seed", type=int, help="default: the run's first seed")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--merged", action="store_true",
+                   help="also OUT/merged/: the base model with the adapter merged (single-LoRA methods)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("devices", help="the built-in device tiers and links, with their sources")
     p.set_defaults(func=cmd_devices)

@@ -34,6 +34,7 @@ from simfed.run.executor import Job, LocalExecutor, make_executor
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
 from simfed.run.checkpoint import Checkpoints, ResumeError
 from simfed.run.results import RunDirectory
+from simfed.run.saved_models import ModelSaver
 from simfed.run.trace import TraceWriter, read_events
 from simfed.sim.accounting import Tally
 from simfed.sim.engine import Engine
@@ -194,6 +195,7 @@ class MethodWorkload:
         done = round_index + 1
         if done % self.scenario.training.eval_every == 0 or done == rounds:
             self.log(done, sim_time_s, evaluate_all(self.method, self.n_clients))
+        ModelSaver(self.scenario.output.save_models, self.run.path).on_round_end(self.method, self.seed, self.n_clients, done)
         if self.checkpoint is not None:
             self.checkpoint.save(round_index, self.method, self)
 
@@ -371,6 +373,7 @@ def run_method(
     engine.run()
     if workload.replay is not None:  # the engine ended before the checkpointed round did
         raise ResumeError(f"resume: {method.name} seed {seed}: the replay never reached round {workload.replay.round}")
+    ModelSaver(scenario.output.save_models, run.path).on_method_end(method, seed, len(fleet))
     stats = tally.as_summary()
     stats["training_calls"] = workload.training_calls
     # updates decided after the last evaluation (stragglers still computing): nothing measured
