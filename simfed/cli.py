@@ -168,9 +168,17 @@ _TABLE_NOTE = ("Final test perplexity: at each seed's last evaluation, the mean 
                "device's perplexity; mean (sample std) over seeds; best of each column in bold.")
 
 
+_TARGETS_NOTE = ("The first evaluation whose mean test perplexity is at or below the target (scenario "
+                 "report.targets; default: the worst final mean among methods that trained): simulated "
+                 "time, cumulative bytes and device energy then; mean (sample std) over the seeds that "
+                 "reached it. Per device: summary.json's time_to_target.")
+
+
 def _run_report(run_dir: Path, status: str) -> tuple[str, str]:
     """report.md and report.csv of one run: the method table, then the per-device table."""
     from simfed.report.tables import build_table, device_table, seeds_note, to_csv, to_markdown
+    from simfed.report.targets import run_targets
+    from simfed.report.targets import to_markdown as targets_markdown
     from simfed.run.results import read_metrics
 
     rows = read_metrics(run_dir)
@@ -189,6 +197,11 @@ def _run_report(run_dir: Path, status: str) -> tuple[str, str]:
         "## Per device",
         "",
         to_markdown(devices),
+        "## Time to target",
+        "",
+        _TARGETS_NOTE,
+        "",
+        targets_markdown(run_targets(run_dir)),
     ])
     return markdown, to_csv(table)
 

@@ -69,6 +69,8 @@ class RunDirectory:
             self._metrics_file.flush()
         self._events = open(self.path / "events.jsonl", "a", encoding="utf-8")
         self._closed = False
+        self.time_to_target: dict[str, Any] | None = None  # simfed/report/targets.py, at close
+        self.environment: dict[str, Any] | None = None  # simfed/run/environment.py, set by the runner
 
     @classmethod
     def create(cls, out_root: str | Path, scenario_name: str, resolved_yaml: str,
@@ -206,6 +208,8 @@ class RunDirectory:
             "updated_at": datetime.now().isoformat(timespec="seconds"),
             "seeds": self.seeds,
             "methods": methods,
+            **({"time_to_target": self.time_to_target} if self.time_to_target is not None else {}),
+            **({"environment": self.environment} if self.environment is not None else {}),
         }
 
     def write_summary(self) -> None:
@@ -226,6 +230,12 @@ class RunDirectory:
         self.status, self.error = status, error
         self._metrics_file.close()
         self._events.close()
+        try:
+            from simfed.report.targets import run_targets
+
+            self.time_to_target = run_targets(self.path)
+        except Exception as exc:  # a derived table must never hide how the run ended
+            self.error = (self.error + "; " if self.error else "") + f"time to target failed: {exc}"
         self.write_summary()
         try:
             from simfed.report.plots import plot_run
