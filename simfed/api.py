@@ -45,7 +45,13 @@ def run(scenario: Any, *, out: str | Path | None = None, seeds: Sequence[int] | 
     """Run every method of `scenario` for every seed; returns a `RunResult` over the run directory.
 
     `scenario`: a YAML path, a dict of the same keys, or a `simfed.config.Scenario`; `out`: the
-    root of run directories (default the scenario's output.dir); `overrides`: `--set` strings."""
+    root of run directories (default the scenario's output.dir); `overrides`: `--set` strings;
+    `progress`: True shows `simfed run`'s view (live on a terminal, a line per round otherwise),
+    False runs silently."""
+    import io
+
+    from rich.console import Console
+
     from simfed.report.readers import RunResult
     from simfed.run.progress import ProgressView
     from simfed.run.runner import run_scenario
@@ -54,7 +60,8 @@ def run(scenario: Any, *, out: str | Path | None = None, seeds: Sequence[int] | 
     chosen = list(seeds) if seeds is not None else list(spec.seeds)
     names = [m.name for m in spec.methods]
     source = Path(scenario) if isinstance(scenario, (str, Path)) else Path(f"{spec.name}.yaml")
-    with ProgressView(names, spec.world.server.rounds, enabled=progress) as view:
+    console = None if progress else Console(file=io.StringIO())  # silent: the view writes nowhere
+    with ProgressView(names, spec.world.server.rounds, enabled=progress, console=console) as view:
         path = run_scenario(spec, source, Path(out) if out is not None else None, chosen, view)
     return RunResult(Path(path))
 
