@@ -30,6 +30,7 @@ from simfed.learn.methods.base import Budget, ClientInfo, LocalPlan, Method, Upd
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
 from simfed.run.dry import run_dry
+from simfed.run.environment import run_environment
 from simfed.run.executor import Job, LocalExecutor, make_executor
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
 from simfed.run.checkpoint import Checkpoints, ResumeError
@@ -304,6 +305,8 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
     else:
         checkpoints = Checkpoints.reopen(resume, seeds)
         run = checkpoints.run
+    run.environment = run_environment(device, model.autocast)  # into summary.json (simfed/run/environment.py)
+    run.write_summary()
     executor = make_executor(scenario.executor, card, training)
     with run, TraceWriter(run.path / "trace.json") as trace, _closing(executor):
         if resume is not None:  # the timeline so far, redrawn from the events kept

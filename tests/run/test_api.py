@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 import simfed
@@ -52,6 +54,13 @@ def test_run_from_a_dict_gives_the_same_metrics_as_simfed_run_file(tmp_path: Pat
     summary = json.loads((cli_dir / "summary.json").read_text())
     for _, row in final.iterrows():
         assert row["ppl"] == summary["methods"][row["method"]]["final_mean_ppl"]
+    env = summary["environment"]  # what bit-identity depends on (simfed/run/environment.py)
+    assert env["torch_version"] == torch.__version__ and env["torch_threads"] == torch.get_num_threads()
+    assert env["device"] == "cpu" and env["gpu_name"] is None and env["precision"] == "float32"
+    assert env["simfed_version"] == simfed.__version__
+    head = subprocess.run(["git", "-C", str(Path(simfed.__file__).parents[1]), "rev-parse", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    assert env["git_commit"] == head and len(head) == 40
 
 
 def test_run_accepts_a_scenario_object_and_a_path(tmp_path: Path) -> None:

@@ -182,3 +182,56 @@ def test_runs_without_save_models_keep_no_models(run_text, tmp_path: Path) -> No
     text = text.replace("rounds: 3", "rounds: 1")
     run = run_text(text, tmp_path / "x.yaml", tmp_path / "runs")
     assert not (run / "models").exists()
+
+
+SMALL = """
+name: export_{tag}
+model: {model}
+data: {{users: [toy:a, toy:b], train_tokens: {train}, val_tokens: 600, test_tokens: 600, cache_dir: {cache}}}
+training: {{local_steps: 2, batch_size: 2, seq_len: 32, eval_windows: 3, lr: 1.0e-2}}
+methods:
+  - {{name: fedavg, kind: fedavg, rank: 4}}
+  - {{name: hetlora, kind: hetlora, rank: 2, min_rank: 2, max_rank: 8}}
+  - {{name: flexlora, kind: flexlora, rank: 2, min_rank: 2, max_rank: 8}}
+  - {{name: comigs, kind: comigs, variant: 1gxs, rank: 4, tau: 2, router_steps: 1}}
+world:
+  fleet:
+    - {{count: 1, tier: phone_flagship, link: wifi_home}}
+    - {{count: 1, tier: phone_low, link: wifi_home, flops_per_s: 1.0e7}}
+  server: {{rounds: {rounds}, target_per_round: 2, over_selection: 1.0, deadline_s: 100000}}
+output: {{save_models: final}}
+"""
+
+
+def check_every_export(run_dir: Path, tmp_path: Path, model: str, n_devices: int) -> None:
+    """Every device of every method: PEFT adapters (single-LoRA) and load_device_model (CoMiGS)
+    score as metrics.csv says, to 1e-5."""
+    from peft import PeftModel
+
+    scenario = load_scenario(run_dir / "scenario.resolved.yaml")
+    base = load_base_model(load_card(model))
+    users = build_federation(scenario.data, base.tokenizer, n_devices, 0)
+    windows = [evaluation_windows(u.test, 32, 3) for u in users]
+    for method in ("fedavg", "hetlora", "flexlora"):
+        expected = simfed_ppl(run_dir, method)
+        for d, folder in enumerate(simfed.export(run_dir, method, tmp_path / method)):
+            fresh = load_base_model(load_card(model)).model
+            assert perplexity(PeftModel.from_pretrained(fresh, str(folder)), windows[d]) == pytest.approx(
+                expected[d], rel=1e-5), (method, d)
+    expected = simfed_ppl(run_dir, "comigs")
+    for d in range(n_devices):
+        assert perplexity(simfed.load_device_model(run_dir, "comigs", d), windows[d]) == pytest.approx(
+            expected[d], rel=1e-5)
+
+
+def test_llama_shaped_exports_score_as_simfed(run_text, tmp_path: Path) -> None:
+    text = SMALL.format(tag="llama", model="tiny-llama", train=2000, cache=tmp_path / "cache", rounds=2)
+    run = run_text(text, tmp_path / "l.yaml", tmp_path / "runs")
+    check_every_export(run, tmp_path, "tiny-llama", 2)
+
+
+@pytest.mark.slow
+def test_smollm2_exports_score_as_simfed(run_text, tmp_path: Path) -> None:
+    text = SMALL.format(tag="smollm2", model="smollm2-135m", train=1500, cache=tmp_path / "cache", rounds=1)
+    run = run_text(text, tmp_path / "s.yaml", tmp_path / "runs")
+    check_every_export(run, tmp_path, "smollm2-135m", 2)
