@@ -22,6 +22,7 @@ import torch
 
 from simfed.config import Scenario
 from simfed.data.federated import UserData, build_federation
+from simfed.data.partition import write_partition
 from simfed.learn.adapters import AdaptedModel
 from simfed.learn.base_model import load_base_model
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
@@ -317,6 +318,8 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
                 continue
             fleet = build_fleet(scenario.world, seed)
             users = build_federation(scenario.data, base.tokenizer, len(fleet), seed)
+            if scenario.data.partition is not None:  # each device's sizes and mixture, for the record
+                write_partition(run.path / "partition.json", scenario.data, len(fleet), seed)
             clients = clients_of(fleet, users)
             pretrained = None
             for index, spec in todo:
