@@ -353,6 +353,8 @@ class OutputSpec(_Strict):
     # keep each device's trained model in RUN_DIR/models/ (what `simfed export` reads):
     # none | final (after the last round) | every_N (every N rounds, and the last)
     save_models: str = Field("none", pattern=r"^(none|final|every_[1-9][0-9]*)$")
+    # trackers beside the live view (simfed/run/loggers.py): tensorboard -> RUN_DIR/tensorboard/
+    loggers: list[typing.Literal["tensorboard"]] = Field(default_factory=list)
 
 
 class ReportSpec(_Strict):

@@ -32,6 +32,7 @@ from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
 from simfed.run.dry import run_dry
 from simfed.run.environment import run_environment
+from simfed.run.loggers import with_loggers
 from simfed.run.executor import Job, LocalExecutor, make_executor
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
 from simfed.run.checkpoint import Checkpoints, ResumeError
@@ -308,8 +309,9 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
         run = checkpoints.run
     run.environment = run_environment(device, model.autocast)  # into summary.json (simfed/run/environment.py)
     run.write_summary()
+    view = with_loggers(view, scenario.output.loggers, run.path)  # output.loggers beside the live view
     executor = make_executor(scenario.executor, card, training)
-    with run, TraceWriter(run.path / "trace.json") as trace, _closing(executor):
+    with run, TraceWriter(run.path / "trace.json") as trace, _closing(executor), _closing(view):
         if resume is not None:  # the timeline so far, redrawn from the events kept
             trace.add_events(read_events(run.path))
         for seed in seeds:
