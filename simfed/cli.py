@@ -168,9 +168,17 @@ _TABLE_NOTE = ("Final test perplexity: at each seed's last evaluation, the mean 
                "device's perplexity; mean (sample std) over seeds; best of each column in bold.")
 
 
+_TARGETS_NOTE = ("The first evaluation whose mean test perplexity is at or below the target (scenario "
+                 "report.targets; default: the worst final mean among methods that trained): simulated "
+                 "time, cumulative bytes and device energy then; mean (sample std) over the seeds that "
+                 "reached it. Per device: summary.json's time_to_target.")
+
+
 def _run_report(run_dir: Path, status: str) -> tuple[str, str]:
     """report.md and report.csv of one run: the method table, then the per-device table."""
     from simfed.report.tables import build_table, device_table, seeds_note, to_csv, to_markdown
+    from simfed.report.targets import run_targets
+    from simfed.report.targets import to_markdown as targets_markdown
     from simfed.run.results import read_metrics
 
     rows = read_metrics(run_dir)
@@ -190,6 +198,12 @@ def _run_report(run_dir: Path, status: str) -> tuple[str, str]:
         "",
         to_markdown(devices),
         *_paired_sections(rows),
+        "",
+        "## Time to target",
+        "",
+        _TARGETS_NOTE,
+        "",
+        targets_markdown(run_targets(run_dir)),
     ])
     return markdown, to_csv(table)
 
@@ -201,6 +215,14 @@ def _paired_sections(rows: list) -> list[str]:
 
     return ["## Paired tests", "", paired_markdown(rows), "## Evaluation precision", "",
             standard_error_markdown(rows)]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from simfed.api import export
+
+    for folder in export(args.run_dir, args.method, args.out, args.device, args.seed, args.merged):
+        print(folder)
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -430,6 +452,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by `simfed run`")
     p.add_argument("--out", help="write the table to OUT.md and OUT.csv (a .md/.csv suffix is dropped)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="a device's trained model as a PEFT adapter folder "
+                                      "(needs a run with output.save_models)")
+    p.add_argument("run_dir", help="a directory written by `simfed run`")
+    p.add_argument("--method", required=True, help="the method's name in the scenario")
+    p.add_argument("--device", type=int, help="one device (OUT is its folder); default every device (OUT/device-<d>/)")
+    p.add_argument("--seed", type=int, help="default: the run's first seed")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--merged", action="store_true",
+                   help="also OUT/merged/: the base model with the adapter merged (single-LoRA methods)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("devices", help="the built-in device tiers and links, with their sources")
     p.set_defaults(func=cmd_devices)

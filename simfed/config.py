@@ -350,6 +350,19 @@ class OutputSpec(_Strict):
     """Where run directories go: `<dir>/<scenario name>/<timestamp>/`."""
 
     dir: str = "runs"  # relative to the working directory of `simfed run`
+    # keep each device's trained model in RUN_DIR/models/ (what `simfed export` reads):
+    # none | final (after the last round) | every_N (every N rounds, and the last)
+    save_models: str = Field("none", pattern=r"^(none|final|every_[1-9][0-9]*)$")
+    # trackers beside the live view (simfed/run/loggers.py): tensorboard -> RUN_DIR/tensorboard/
+    loggers: list[typing.Literal["tensorboard"]] = Field(default_factory=list)
+
+
+class ReportSpec(_Strict):
+    """What `simfed report` and summary.json compute beyond final values (simfed/report/targets.py)."""
+
+    # mean test perplexities to reach: time, bytes and energy at the first evaluation at or below
+    # each; None = the worst method's final mean perplexity (every method that ends better reaches it)
+    targets: list[float] | None = None
 
 
 class ExecutorSpec(_Strict):
@@ -375,6 +388,7 @@ class Scenario(_Strict):
     methods: list[MethodSpec] = Field(min_length=1)
     world: WorldSpec
     output: OutputSpec = Field(default_factory=OutputSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
 
     _source: _Source | None = PrivateAttr(None)  # lines of the file it was loaded from

@@ -154,6 +154,10 @@ def build_federation(
     """
     if n_clients < 1:
         raise DataError(f"n_clients must be >= 1, got {n_clients}")
+    if spec.partition is not None:  # one user a device, each with its own mixture (partition.py)
+        from .partition import partitioned
+
+        spec = partitioned(spec, n_clients, seed)
     names = _user_names(spec)
     reqs = _requests(spec, n_clients)
     tok = tokenizer_id(tokenizer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -136,6 +136,7 @@ class UserSpec(_Strict):
     test_source: dict[str, float] | None = None
 
     _defaulted: set[str] = PrivateAttr(default_factory=set)  # sizes taken from the data level
+    _mixture: dict[str, float] | None = PrivateAttr(None)  # a partitioned device: every split's mixture
 
     @field_validator("val_source", "test_source", mode="before")
     @classmethod
@@ -163,7 +164,7 @@ class UserSpec(_Strict):
 
     def mixture(self, split: str) -> dict[str, float]:
         """Normalised {source: weight} that `split` ("train" | "val" | "test") is drawn from."""
-        mix = {"train": None, "val": self.val_source, "test": self.test_source}[split]
+        mix = self._mixture or {"train": None, "val": self.val_source, "test": self.test_source}[split]
         mix = mix or {self.source: 1.0}
         total = sum(mix.values())
         return {src: w / total for src, w in mix.items()}
@@ -175,6 +176,21 @@ class UserSpec(_Strict):
         """The YAML key that sets this user's `split` size, for error messages."""
         key = f"data.users[{index}].{split}_tokens"
         return f"{key} (now the default data.{split}_tokens)" if split in self._defaulted else key
+
+
+class PartitionSpec(_Strict):
+    """`data.partition`: how devices' data are drawn from the users' sources (the pool)."""
+
+    kind: Literal["iid", "dirichlet", "natural_id"]
+    alpha: float = Field(1.0, gt=0)  # dirichlet: concentration; small = skewed devices
+    column: str | None = None  # split each source by this column (labels, or the ids of natural_id)
+    values: list[str] | None = None  # the column's values to use (default: every value in the data)
+
+    @model_validator(mode="after")
+    def _natural_needs_a_column(self) -> "PartitionSpec":
+        if self.kind == "natural_id" and not self.column:
+            raise ValueError("natural_id needs `column`: the dataset column holding each device's id")
+        return self
 
 
 class DataSpec(_Strict):
@@ -194,6 +210,9 @@ class DataSpec(_Strict):
     val_tokens: NonNegativeInt = 10_000
     test_tokens: NonNegativeInt = 10_000
     cache_dir: Path | None = None  # None: $SIMFED_CACHE or ~/.cache/simfed
+    # each device's own mixture over the users' sources (simfed/data/partition.py); None: device i
+    # gets users[i % len(users)]
+    partition: PartitionSpec | None = None
 
     @field_validator("users", mode="before")
     @classmethod

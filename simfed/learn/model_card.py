@@ -80,13 +80,18 @@ def _card_files() -> dict[str, Path]:
 
 
 def load_card(name: str) -> ModelCard:
-    """The card called `name`; a clear one-line error naming the known cards otherwise."""
+    """The card called `name`; else, for a hub id or a local model directory, a card made from its
+    config.model_type (simfed/learn/architectures.py); a clear one-line error otherwise."""
     files = _card_files()
     if name not in files:
+        from simfed.learn.architectures import card_for_model, looks_like_model
+
+        if looks_like_model(name):
+            return card_for_model(name)
         known = ", ".join(sorted(files)) or "none"
         raise ModelCardError(
             f"unknown model card '{name}': known cards are {known} "
-            f"(add models/{name}.yaml or set SIMFED_MODELS)"
+            f"(add models/{name}.yaml or set SIMFED_MODELS, or name a hub id or a local model directory)"
         )
     path = files[name]
     try:

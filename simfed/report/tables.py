@@ -1,7 +1,8 @@
 """The paper-style results table: final test perplexity, mean (std) over seeds, per method and dataset.
 
 Pure functions over `read_metrics` rows (metrics.csv as dicts), so a table can be rebuilt from any
-run directory, finished or interrupted, and tested on hand-written files.
+run directory, finished or interrupted, and tested on hand-written files. The selection of final
+rows and the statistics are pandas (simfed/report/readers.py `final_rows`, `Series.mean`/`std`).
 
 - A seed's *final* perplexity is its last `mean` row (the highest round it reached): the mean
   over devices of each device's test perplexity, as the paper reports.
@@ -19,6 +20,11 @@ import io
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from simfed.report import readers
 
 MEAN_DEVICE = "mean"  # the `device` of the mean-over-devices row (simfed.run.results.MEAN_DEVICE)
 CSV_HEADER = ("dataset", "method", "mean_ppl", "std_ppl", "seeds", "best", "per_seed_ppl",
@@ -63,34 +69,38 @@ class Table:
         return {m for m, v in means.items() if v == low}
 
 
-# ---------------------------------------------------------------- statistics
+# ---------------------------------------------------------------- statistics (pandas)
+
+def _finite(values: Iterable[float]) -> pd.Series:
+    series = pd.Series([v for v in values if v is not None], dtype="float64")
+    return series[np.isfinite(series)]
+
 
 def mean(values: Iterable[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
+    finite = _finite(values)
+    return float(finite.mean()) if len(finite) else math.nan
 
 
 def sample_std(values: Iterable[float]) -> float:
     """Standard deviation with n − 1 in the denominator; NaN for fewer than two finite values."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if len(finite) < 2:
-        return math.nan
-    m = sum(finite) / len(finite)
-    return math.sqrt(sum((v - m) ** 2 for v in finite) / (len(finite) - 1))
+    finite = _finite(values)
+    return float(finite.std(ddof=1)) if len(finite) >= 2 else math.nan
 
 
 # ---------------------------------------------------------------- from metrics rows
 
 def final_rows(rows: Sequence[dict[str, Any]], device: str = MEAN_DEVICE) -> dict[str, dict[int, dict[str, Any]]]:
     """Per method, per seed: the row of `device` with the highest round (later rows win ties)."""
+    if not rows:
+        return {}
+    frame = pd.DataFrame(list(rows))
+    frame["device"] = frame["device"].astype(str)
+    frame["seed"] = frame["seed"].astype(int)
+    frame["round"] = frame["round"].astype(int)
+    finals = readers.final_rows(frame, device)
     out: dict[str, dict[int, dict[str, Any]]] = {}
-    for row in rows:
-        if str(row["device"]) != device:
-            continue
-        seeds = out.setdefault(row["method"], {})
-        seed = int(row["seed"])
-        if seed not in seeds or int(row["round"]) >= int(seeds[seed]["round"]):
-            seeds[seed] = row
+    for row in finals.to_dict("records"):
+        out.setdefault(row["method"], {})[int(row["seed"])] = row
     return out
 
 

@@ -2,13 +2,16 @@
 
 It observes the engine's event dicts (see `simfed/sim/events.py` for their fields) and the
 runner's evaluations; it never imports the engine. Off a terminal, or with `--quiet`, it prints
-one plain line per round instead (no escape codes).
+one plain line per round instead (no escape codes). Each method also shows the host's wall clock
+since it started (this seed) and an ETA — the mean wall time of its rounds so far times the rounds
+left. The view is the only place that reads the host clock; nothing simulated depends on it.
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from rich.console import Console
 from rich.live import Live
@@ -67,6 +70,14 @@ class MethodState:
     ppl: float | None = None  # last mean perplexity over devices
     acc: float | None = None
     pending_line: bool = False  # plain mode: a finished round waiting for its evaluation
+    started_wall: float | None = None  # host clock (s) when this method/seed began
+    elapsed_wall: float | None = None  # host seconds from its start to its last event or evaluation
+
+    def eta(self, rounds: int) -> float | None:
+        """Host seconds left: mean wall time per finished round × rounds left (None before one)."""
+        if self.elapsed_wall is None or self.rounds_done <= 0:
+            return None
+        return self.elapsed_wall / self.rounds_done * max(rounds - self.rounds_done, 0)
 
     def apply(self, e: Mapping[str, Any]) -> None:
         kind = e.get("kind")
@@ -117,8 +128,9 @@ class ProgressView:
     """
 
     def __init__(self, methods: list[str], rounds: int, enabled: bool = True,
-                 console: Console | None = None):
+                 console: Console | None = None, wall: Callable[[], float] = time.monotonic):
         self.console = console or output_console()
+        self.wall = wall  # the host clock (a test passes a fake one)
         self.rounds = rounds
         self.states: dict[str, MethodState] = {name: MethodState() for name in methods}
         self.live_mode = enabled and self.console.is_terminal
@@ -146,10 +158,16 @@ class ProgressView:
     def _state(self, method: str) -> MethodState:
         return self.states.setdefault(method, MethodState())
 
+    def _tick(self, state: MethodState) -> None:
+        now = self.wall()
+        if state.started_wall is None:
+            state.started_wall = now
+        state.elapsed_wall = now - state.started_wall
+
     def on_method_start(self, method: str, seed: int | None = None) -> None:
         """A method (with this seed) begins: its counters start from zero."""
         self._flush_pending(method)
-        self.states[method] = MethodState(status="running", seed=seed)
+        self.states[method] = MethodState(status="running", seed=seed, started_wall=self.wall())
 
     def on_event(self, method: str, event_dict: Mapping[str, Any]) -> None:
         state = self._state(method)
@@ -159,12 +177,14 @@ class ProgressView:
                 self.states[method] = state = MethodState(seed=state.seed)  # a new seed began
         state.status = "running"
         state.apply(event_dict)
+        self._tick(state)
         if event_dict.get("kind") == "round_end" and not self.live_mode:
             state.pending_line = True
 
     def on_metrics(self, method: str, round: int, mean_ppl: float, mean_acc: float) -> None:
         state = self._state(method)
         state.ppl, state.acc = mean_ppl, mean_acc
+        self._tick(state)
         if self.live_mode:
             return
         if state.pending_line:
@@ -178,10 +198,11 @@ class ProgressView:
         state = self._state(method)
         state.status = "done"
         state.in_flight.clear()
+        self._tick(state)
         if not self.live_mode:
             seed = "" if state.seed is None else f" (seed {state.seed})"
             self._print(f"{method}{seed}  done: {state.rounds_done} rounds, sim {clock(state.t)}, "
-                        f"final ppl {_num(state.ppl, '.2f')}")
+                        f"final ppl {_num(state.ppl, '.2f')}, wall {clock(state.elapsed_wall)}")
 
     # ------------------------------------------------------------ plain lines
 
@@ -197,7 +218,8 @@ class ProgressView:
             f"{method}  round {state.rounds_done}/{self.rounds}  sim {clock(state.t)}  "
             f"up {human_bytes(state.bytes_up)}  down {human_bytes(state.bytes_down)}  "
             f"aggregated {state.aggregated}  dropped {state.dropped}  "
-            f"stragglers {state.stragglers}  ppl {_num(state.ppl, '.2f')}{_troubles(state)}")
+            f"stragglers {state.stragglers}  ppl {_num(state.ppl, '.2f')}{_troubles(state)}  "
+            f"wall {clock(state.elapsed_wall)}  eta {clock(state.eta(self.rounds))}")
 
     # ------------------------------------------------------------ the live table
 
@@ -207,7 +229,8 @@ class ProgressView:
                                 ("sim clock", "right"), ("up", "right"), ("down", "right"),
                                 ("in flight", "right"), ("dropped", "right"),
                                 ("stragglers", "right"), ("aggregated", "right"),
-                                ("mean ppl", "right"), ("acc", "right")):
+                                ("mean ppl", "right"), ("acc", "right"), ("wall", "right"),
+                                ("ETA", "right")):
             table.add_column(header, justify=justify)
         troubles = any(s.diverged or s.abandoned for s in self.states.values())  # columns once there is something
         if troubles:
@@ -220,7 +243,9 @@ class ProgressView:
                           f"{s.round}/{self.rounds}", clock(s.t), human_bytes(s.bytes_up),
                           human_bytes(s.bytes_down), str(len(s.in_flight)), str(s.dropped),
                           str(s.stragglers), str(s.aggregated), _num(s.ppl, ".2f"),
-                          _num(s.acc, ".3f"), *([str(s.diverged), str(s.abandoned)] if troubles else []))
+                          _num(s.acc, ".3f"), clock(s.elapsed_wall),
+                          "-" if s.status == "done" else clock(s.eta(self.rounds)),
+                          *([str(s.diverged), str(s.abandoned)] if troubles else []))
         return table
 
     # ------------------------------------------------------------ the end

@@ -84,6 +84,8 @@ class RunDirectory:
             self._metrics_file.flush()
         self._events = open(self.path / "events.jsonl", "a", encoding="utf-8")
         self._closed = False
+        self.time_to_target: dict[str, Any] | None = None  # simfed/report/targets.py, at close
+        self.environment: dict[str, Any] | None = None  # simfed/run/environment.py, set by the runner
 
     @classmethod
     def create(cls, out_root: str | Path, scenario_name: str, resolved_yaml: str,
@@ -224,6 +226,8 @@ class RunDirectory:
             "updated_at": datetime.now().isoformat(timespec="seconds"),
             "seeds": self.seeds,
             "methods": methods,
+            **({"time_to_target": self.time_to_target} if self.time_to_target is not None else {}),
+            **({"environment": self.environment} if self.environment is not None else {}),
         }
 
     def write_summary(self) -> None:
@@ -244,6 +248,12 @@ class RunDirectory:
         self.status, self.error = status, error
         self._metrics_file.close()
         self._events.close()
+        try:
+            from simfed.report.targets import run_targets
+
+            self.time_to_target = run_targets(self.path)
+        except Exception as exc:  # a derived table must never hide how the run ended
+            self.error = (self.error + "; " if self.error else "") + f"time to target failed: {exc}"
         self.write_summary()
         try:
             from simfed.report.plots import plot_run
@@ -295,60 +305,6 @@ def _clean(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- reading a run directory
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """metrics.csv as dicts with numbers parsed (empty or unparsable numbers → NaN)."""
-    rows = []
-    with open(Path(run_dir) / "metrics.csv", newline="", encoding="utf-8") as f:
-        for raw in csv.DictReader(f):
-            row: dict[str, Any] = dict(raw)
-            for key in ("seed", "round", "bytes_up", "bytes_down"):
-                try:
-                    row[key] = int(float(raw[key]))
-                except (TypeError, ValueError):
-                    row[key] = 0
-            for key in ("sim_time_s", "energy_j", "ppl", "acc", "ppl_se"):
-                try:
-                    row[key] = float(raw.get(key))  # ppl_se: absent in runs before it existed
-                except (TypeError, ValueError):
-                    row[key] = math.nan
-            rows.append(row)
-    return rows
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "summary.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-
-
-def summarize_metrics(run_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Per method, the final comparison: the last `mean` row of each seed (averaged over seeds)
-    from metrics.csv, completed by the counters summary.json holds (dropouts, stragglers, ...).
-    Works on an interrupted run too."""
-    last: dict[str, dict[int, dict[str, Any]]] = {}
-    for row in read_metrics(run_dir):
-        if row["device"] != MEAN_DEVICE:
-            continue
-        seeds = last.setdefault(row["method"], {})
-        if row["seed"] not in seeds or row["round"] >= seeds[row["seed"]]["round"]:
-            seeds[row["seed"]] = row
-    recorded = read_summary(run_dir).get("methods", {})
-    table: dict[str, dict[str, Any]] = {}
-    for method in list(last) + [m for m in recorded if m not in last]:
-        rows = list(last.get(method, {}).values())
-        entry: dict[str, Any] = {key: None for key in SUMMARY_KEYS}
-        if rows:
-            entry.update(
-                final_mean_ppl=_mean([r["ppl"] for r in rows]),
-                final_mean_acc=_mean([r["acc"] for r in rows]),
-                rounds=max(r["round"] for r in rows),
-                sim_time_s=_mean([r["sim_time_s"] for r in rows]),
-                bytes_up=_mean([r["bytes_up"] for r in rows]),
-                bytes_down=_mean([r["bytes_down"] for r in rows]),
-                energy_j=_mean([r["energy_j"] for r in rows]),
-                seeds=len(rows))
-        for key, value in recorded.get(method, {}).items():
-            if key != "seeds" and value is not None and not (key.startswith("final_") and rows):
-                entry[key] = value
-        table[method] = entry
-    return table
+# The readers live with the reports (simfed/report/readers.py, pandas); imported here for the
+# callers that found them in this module.
+from simfed.report.readers import read_metrics, read_summary, summarize_metrics  # noqa: E402,F401

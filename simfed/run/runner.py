@@ -22,6 +22,7 @@ import torch
 
 from simfed.config import Scenario
 from simfed.data.federated import UserData, build_federation
+from simfed.data.partition import write_partition
 from simfed.learn.adapters import AdaptedModel
 from simfed.learn.base_model import load_base_model
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
@@ -32,10 +33,13 @@ from simfed.learn.model_card import load_card
 from simfed.learn.survival import surviving_share
 from simfed.run.divergence import DivergenceGuard, method_status
 from simfed.run.dry import run_dry
+from simfed.run.environment import run_environment
+from simfed.run.loggers import with_loggers
 from simfed.run.executor import Job, LocalExecutor, make_executor
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
 from simfed.run.checkpoint import Checkpoints, ResumeError
 from simfed.run.results import RunDirectory
+from simfed.run.saved_models import ModelSaver
 from simfed.run.trace import TraceWriter, read_events
 from simfed.sim.accounting import Tally
 from simfed.sim.engine import Engine
@@ -216,6 +220,7 @@ class MethodWorkload:
         done = round_index + 1
         if done % self.scenario.training.eval_every == 0 or done == rounds:
             self.log(done, sim_time_s, evaluate_all(self.method, self.n_clients))
+        ModelSaver(self.scenario.output.save_models, self.run.path).on_round_end(self.method, self.seed, self.n_clients, done)
         if self.checkpoint is not None:
             self.checkpoint.save(round_index, self.method, self)
 
@@ -324,8 +329,11 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
     else:
         checkpoints = Checkpoints.reopen(resume, seeds)
         run = checkpoints.run
+    run.environment = run_environment(device, model.autocast)  # into summary.json (simfed/run/environment.py)
+    run.write_summary()
+    view = with_loggers(view, scenario.output.loggers, run.path)  # output.loggers beside the live view
     executor = make_executor(scenario.executor, card, training)
-    with run, TraceWriter(run.path / "trace.json") as trace, _closing(executor):
+    with run, TraceWriter(run.path / "trace.json") as trace, _closing(executor), _closing(view):
         if resume is not None:  # the timeline so far, redrawn from the events kept
             trace.add_events(read_events(run.path))
         for seed in seeds:
@@ -334,6 +342,8 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
                 continue
             fleet = build_fleet(scenario.world, seed)
             users = build_federation(scenario.data, base.tokenizer, len(fleet), seed)
+            if scenario.data.partition is not None:  # each device's sizes and mixture, for the record
+                write_partition(run.path / "partition.json", scenario.data, len(fleet), seed)
             clients = clients_of(fleet, users)
             pretrained = None
             for index, spec in todo:
@@ -394,6 +404,7 @@ def run_method(
     engine.run()
     if workload.replay is not None:  # the engine ended before the checkpointed round did
         raise ResumeError(f"resume: {method.name} seed {seed}: the replay never reached round {workload.replay.round}")
+    ModelSaver(scenario.output.save_models, run.path).on_method_end(method, seed, len(fleet))
     stats = tally.as_summary()
     stats["training_calls"] = workload.training_calls
     # updates decided after the last evaluation (stragglers still computing): nothing measured

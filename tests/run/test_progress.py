@@ -47,19 +47,22 @@ def test_counters_follow_the_events():
 
 def test_plain_mode_one_line_per_round_with_its_evaluation():
     out, console = plain()
-    with ProgressView(["comigs"], rounds=2, enabled=True, console=console) as view:
+    now = [100.0]  # a fake host clock: the method starts at 100 s
+    with ProgressView(["comigs"], rounds=3, enabled=True, console=console, wall=lambda: now[0]) as view:
+        view.on_method_start("comigs")
         for r in (0, 1):
             for e in round_events(r, 100.0 * r):
                 view.on_event("comigs", e)
+            now[0] += 12.0 if r == 0 else 18.0  # rounds of 12 s and 18 s of wall time
             view.on_metrics("comigs", r + 1, 42.0 - r, 0.25)
         view.on_method_done("comigs")
     lines = out.getvalue().splitlines()
-    assert lines == [
-        "comigs  round 1/2  sim 0:00:09  up 1.0 MB  down 3.0 MB  aggregated 2  dropped 1  "
-        "stragglers 1  ppl 42.00",
-        "comigs  round 2/2  sim 0:01:49  up 2.0 MB  down 6.0 MB  aggregated 4  dropped 2  "
-        "stragglers 2  ppl 41.00",
-        "comigs  done: 2 rounds, sim 0:01:49, final ppl 41.00",
+    assert lines == [  # ETA: 12 s a round × 2 rounds left; then 30 s / 2 rounds × 1 left
+        "comigs  round 1/3  sim 0:00:09  up 1.0 MB  down 3.0 MB  aggregated 2  dropped 1  "
+        "stragglers 1  ppl 42.00  wall 0:00:12  eta 0:00:24",
+        "comigs  round 2/3  sim 0:01:49  up 2.0 MB  down 6.0 MB  aggregated 4  dropped 2  "
+        "stragglers 2  ppl 41.00  wall 0:00:30  eta 0:00:15",
+        "comigs  done: 2 rounds, sim 0:01:49, final ppl 41.00, wall 0:00:30",
     ]
     assert "\x1b" not in out.getvalue()
 
@@ -108,6 +111,7 @@ def test_live_mode_redraws_at_a_bounded_rate():
     assert calls < 50 < events  # redraws follow the clock, not the events
     text = out.getvalue()
     assert "comigs" in text and "hetlora" in text and "waiting" in text and "done" in text
+    assert "ETA" in text and "wall" in text
 
 
 def test_print_comparison():
