@@ -361,7 +361,7 @@ class ReportSpec(_Strict):
     """What `simfed report` and summary.json compute beyond final values (simfed/report/targets.py)."""
 
     # mean test perplexities to reach: time, bytes and energy at the first evaluation at or below
-    # each; None = the worst method's final mean perplexity (every method that ends better reaches it)
+    # each; None = the worst final mean perplexity among the methods that trained
     targets: list[float] | None = None
 
 

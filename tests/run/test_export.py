@@ -177,11 +177,32 @@ def test_merged_checkpoint_scores_like_the_adapter(run_dir: Path, tmp_path: Path
         simfed.export(run_dir, "comigs", tmp_path / "cm", device=0, merged=True)
 
 
+def test_simfed_export_command(run_dir: Path, tmp_path: Path, capsys) -> None:
+    from simfed.cli import main
+
+    assert main(["export", str(run_dir), "--method", "flexlora", "--device", "2", "--out", str(tmp_path / "f")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "f")
+    config = json.loads((tmp_path / "f" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == "tiny-gpt2"
+    assert main(["export", str(run_dir), "--method", "nope", "--out", str(tmp_path / "n")]) == 2
+    assert "no saved models of method 'nope'" in capsys.readouterr().err
+
+
 def test_runs_without_save_models_keep_no_models(run_text, tmp_path: Path) -> None:
     text = SCENARIO.format(model="tiny-gpt2", cache=tmp_path / "cache").replace("output: {save_models: final}", "")
     text = text.replace("rounds: 3", "rounds: 1")
     run = run_text(text, tmp_path / "x.yaml", tmp_path / "runs")
     assert not (run / "models").exists()
+
+
+def test_every_n_keeps_those_rounds_and_the_final(run_text, tmp_path: Path) -> None:
+    text = SCENARIO.format(model="tiny-gpt2", cache=tmp_path / "cache").replace("save_models: final", "save_models: every_2")
+    text = text.replace("rounds: 3", "rounds: 4").replace(
+        "  - {name: hetlora", "  #").replace("  - {name: flexlora", "  #").replace("  - {name: comigs", "  #")
+    run = run_text(text, tmp_path / "x.yaml", tmp_path / "runs")
+    folder = run / "models" / "fedavg" / "seed0"
+    assert sorted(p.name for p in folder.iterdir()) == ["final", "round-2", "round-4"]
+    assert len(list((folder / "round-2").glob("device-*.safetensors"))) == N_DEVICES
 
 
 SMALL = """
