@@ -54,6 +54,7 @@ class Engine:
         devices.excluded[self.excluded] = True
         devices.refuse_late = spec.policy == "sync" and spec.late_reports == "refuse"
         devices.energy_model = self.world.energy_model
+        devices.recovery_to_next_period = self.world.dropout.recovery == "next_period"
         devices.waste_by_method = self.world.waste == "by_method"
         devices.client_timeout_s = spec.client_timeout_s if spec.policy != "sync" else None
         policy = server if spec.policy == "sync" else async_server

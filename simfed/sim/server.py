@@ -86,6 +86,11 @@ class Round:
                         wasted_compute_s=wasted_compute_s, wasted_energy_j=wasted_energy_j)
 
 
+def recovery_mean(world: WorldSpec) -> float:
+    """Mean of the exponential recovery drawn for a device (0: none); see DropoutSpec.recovery."""
+    return 0.0 if world.dropout.recovery == "none" else world.dropout.recovery_mean_s
+
+
 def selection_size(over_selection: float, target: int) -> int:
     """ceil(over_selection * target), immune to 1.3 * 10 = 13.000000000000002."""
     return math.ceil(round(over_selection * target, 9))
@@ -141,7 +146,7 @@ def server(env: simpy.Environment, world: WorldSpec, devices: Devices, doorbell:
             devices.join(d, rnd, workload.cost(d, r), compute_slowdown(seed, d, r, world.compute_noise_sigma),
                          failure_after_s(seed, d, r, world.dropout.hazard_per_hour), workload, emit,
                          link_variation(seed, d, r, p.down_sigma_ln, p.up_sigma_ln),
-                         recovery_seconds(seed, d, r, world.dropout.recovery_mean_s))
+                         recovery_seconds(seed, d, r, recovery_mean(world)))
 
         yield rnd.quorum_reached | env.timeout(spec.deadline_s)
         rnd.close()
@@ -254,7 +259,7 @@ def async_server(env: simpy.Environment, world: WorldSpec, devices: Devices, doo
                              failure_after_s(seed, d, job, world.dropout.hazard_per_hour), workload, emit,
                              link_variation(seed, d, job, devices.profiles[d].down_sigma_ln,
                                             devices.profiles[d].up_sigma_ln),
-                             recovery_seconds(seed, d, job, world.dropout.recovery_mean_s))
+                             recovery_seconds(seed, d, job, recovery_mean(world)))
         wake = doorbell.wait() | buffer.done
         if devices.busy_count < spec.concurrency:  # a free slot: a device coming online is picked at once
             wake = wake | devices.next_online()

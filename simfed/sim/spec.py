@@ -159,10 +159,16 @@ class DropoutSpec(_Strict):
     """Mid-round failures while a device works for a round (download, compute, upload)."""
 
     hazard_per_hour: float = Field(0.0, ge=0)  # constant failure rate, per hour of active time
-    # After a hazard dropout the device is offline (not eligible) for an exponential time of this
-    # mean, then back on its availability timeline: in deployed FL a dropout is mostly a device that
-    # stops being eligible (unplugged, off Wi-Fi, in use; Bonawitz et al. 2019). 0 = back at once (the
-    # old model). Default: FLASH (Yang et al. 2021), 1,000-client sample: the not-ready gaps between
+    # In deployed FL a dropout is mostly a device that stops being eligible (unplugged, off Wi-Fi,
+    # in use; Bonawitz et al. 2019), so after a hazard dropout the device is not selectable until:
+    #   next_period  its availability timeline's next online period: the rest of its current ready
+    #                period is lost, and it comes back when its trace / diurnal clock / Markov chain
+    #                says it is ready again; a device whose online period never ends (always_on)
+    #                is offline for an exponential time of mean recovery_mean_s instead (default)
+    #   exponential  an exponential time of mean recovery_mean_s, whatever its timeline
+    #   none         at once (the old model; so does recovery_mean_s 0)
+    recovery: Literal["next_period", "exponential", "none"] = "next_period"
+    # Default: FLASH (Yang et al. 2021), 1,000-client sample: the not-ready gaps between
     # ready periods have a median of 8.5 min and a mean of 3.43 h = 12,352 s (p90 11.7 h; 12,591
     # gaps); an exponential with that mean keeps the long-run time offline (its median, 2.4 h, is
     # above the trace's: the trace's gaps are heavier-tailed than exponential).

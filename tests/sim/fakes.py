@@ -55,7 +55,7 @@ def plain_device(device_id: int, flops_per_s: float = 1e9) -> DeviceProfile:
 # dropout, one spread draw for both link directions, the old waste accounting. A test of a new
 # option sets it over these.
 LEGACY_WORLD = {"energy_model": "per_unit", "link_spread_correlation": 1.0, "waste": "legacy",
-                "dropout": {"recovery_mean_s": 0.0}}
+                "dropout": {"recovery": "none"}}
 LEGACY_SERVER = {"late_reports": "upload", "min_reports": 0}
 
 

@@ -30,7 +30,7 @@ def first_seed_dropping_in_round_0(hazard: float, within_s: float) -> int:
 def test_a_hazard_dropped_device_is_not_selectable_until_its_recovery_ends(mean_s):
     seed = first_seed_dropping_in_round_0(3600.0, 4.0)
     spec = with_dropout(world([ALWAYS], rounds=2, target_per_round=1, deadline_s=100.0),
-                        hazard_per_hour=3600.0, recovery_mean_s=mean_s)
+                        hazard_per_hour=3600.0, recovery="exponential" if mean_s else "none", recovery_mean_s=mean_s)
     events, tally, _, _ = run(spec, seed=seed, fleet=[plain_device(0)])
     drop = of_kind(events, "dropped")[0]
     assert (drop.round, drop.reason) == (0, "hazard")
@@ -43,6 +43,25 @@ def test_a_hazard_dropped_device_is_not_selectable_until_its_recovery_ends(mean_
     assert tally.recovery_s == pytest.approx(sum(e.recovery_s or 0.0 for e in of_kind(events, "dropped")))
     if mean_s:
         assert back > 100.0  # the draw is long enough here to show: nobody picks it while it recovers
+
+
+@pytest.mark.parametrize("recovery, second_start", [("none", 10.0), ("next_period", 100.0)])
+def test_next_period_recovery_loses_the_rest_of_the_ready_period(tmp_path, recovery, second_start):
+    # the trace says ready from sim 0 to 50 s and from 100 s on; the hazard cuts device 0 in its
+    # first round (before 4 s), which closes at its 10 s deadline. Back at once, it is picked again
+    # at 10 s; under next_period it has lost the rest of its 0-50 s period and is back at 100 s
+    seed = first_seed_dropping_in_round_0(3600.0, 4.0)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"x": {"trace_start": 100.0, "trace_end": 100.0 + 86400.0,
+                                      "ready_time": [[100.0, 150.0], [200.0, 100.0 + 86400.0]]}}))
+    device = {**ALWAYS, "availability": {"kind": "trace", "path": str(path)}}
+    spec = with_dropout(world([device], rounds=2, target_per_round=1, deadline_s=10.0),
+                        hazard_per_hour=3600.0, recovery=recovery)
+    events, _, _, _ = run(spec, seed=seed, fleet=[plain_device(0)])
+    drop = of_kind(events, "dropped")[0]
+    assert (drop.round, drop.reason) == (0, "hazard")
+    assert [e.t for e in of_kind(events, "round_start")] == [0.0, second_start]
+    assert drop.recovery_s == (None if recovery == "none" else 50.0 - drop.t)
 
 
 def test_recovery_draws_are_exponential_with_the_stated_mean():
