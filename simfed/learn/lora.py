@@ -148,6 +148,7 @@ class ExpertBank(nn.Module):
         top_k: int = 2,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        routed: bool = True,  # False: no router, every expert weighted 1/E (averaged experts)
     ) -> None:
         super().__init__()
         self.ups = nn.ModuleList(
@@ -156,7 +157,7 @@ class ExpertBank(nn.Module):
         self.down = StackedLoRA(n_experts, rank, *down_dims, alpha, generator, device)
         self.top_k = min(top_k, n_experts)
         self.router: nn.Linear | None = None
-        if n_experts > 1:
+        if n_experts > 1 and routed:
             self.router = nn.Linear(d_model, n_experts, bias=False, device=device)
             w = torch.empty(n_experts, d_model)
             w.normal_(0.0, 0.02, generator=generator)
@@ -177,9 +178,9 @@ class ExpertBank(nn.Module):
 
         Also records the load-balancing term of this forward in `last_lb`.
         """
-        if self.router is None:
+        if self.router is None:  # E = 1, or averaged experts: every expert weighs 1/E
             self.last_lb = None
-            return torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)
+            return torch.full((*x.shape[:-1], self.n_experts), 1.0 / self.n_experts, dtype=x.dtype, device=x.device)
         logits = self.router(x)
         top_vals, top_idx = logits.topk(self.top_k, dim=-1)
         weights = torch.zeros_like(logits).scatter(-1, top_idx, top_vals.softmax(dim=-1))
