@@ -43,3 +43,22 @@ def _count(state) -> ParamCount:
     trainable = sum(p.numel() for opt in opts for p in optimised(opt))
     held = sum(p.numel() for p in state.adapters.parameters())
     return ParamCount(trainable=int(trainable), held=int(held))
+
+
+def method_setting(method: Method, n_clients: int) -> dict:
+    """What summary.json records of a method's setting: its matching rule, the load-balancing form
+    it used, and each device's trainable (and held) parameter count, by device id."""
+    from simfed.learn.matching import lb_rule, matching_rule
+
+    spec = getattr(method, "spec", None)
+    counts = method_param_counts(method, n_clients)
+    fed = getattr(method, "fed", None)
+    shapes = list(getattr(fed, "shapes", {}).values()) if fed is not None else []
+    central = getattr(method, "shape", None)
+    routed = any(s.has_router for s in shapes) or bool(central is not None and getattr(central, "has_router", False))
+    return {
+        "match": matching_rule(spec) if spec is not None else "n/a",
+        "lb_form": lb_rule(spec, routed) if spec is not None else "n/a",
+        "trainable_params": [counts[c].trainable if c in counts else 0 for c in range(n_clients)],
+        "held_params": [counts[c].held if c in counts else 0 for c in range(n_clients)],
+    }
