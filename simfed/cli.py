@@ -205,6 +205,12 @@ def _run_report(run_dir: Path, status: str) -> tuple[str, str]:
         "",
         targets_markdown(run_targets(run_dir)),
     ])
+    from simfed.report.setting import setting_markdown
+    from simfed.run.results import read_summary
+
+    setting = setting_markdown(read_summary(run_dir))
+    if setting:
+        markdown += "\n\n" + setting
     return markdown, to_csv(table)
 
 

@@ -32,6 +32,13 @@ class AdapterShape:
     attn_rank: int  # rank of the attention LoRA (0 = none)
     top_k: int = 2
     alpha: float = LORA_ALPHA
+    # False: no router, the E experts' outputs averaged with weight 1/E (the reference's `is_no_router`):
+    # the paper's parameter-matched Local/FedAvg/PCL/Centralized carry two MLP experts this way
+    routed: bool = True
+
+    @property
+    def has_router(self) -> bool:
+        return self.n_experts > 1 and self.routed
 
 
 def _get(root: nn.Module, path: str, what: str) -> nn.Module:
@@ -174,7 +181,7 @@ class AdaptedModel:
                 }
             bank = ExpertBank(
                 shape.n_experts, shape.mlp_rank, mlp.up_dims, mlp.down_dims,
-                self.d_model, shape.alpha, shape.top_k, generator, dev,
+                self.d_model, shape.alpha, shape.top_k, generator, dev, routed=shape.routed,
             )
             layers.append(LayerAdapters(attn, bank))
         return DeviceAdapters(shape, layers, list(card.mlp.up), card.mlp.down)

@@ -63,6 +63,35 @@ def _package_dir(package: str, hint: str | None) -> Path:
     return Path(locations[0]) if locations else Path(spec.origin).parent
 
 
+# config attributes transformers models read their dropout rates from (GPT-2, Llama/SmolLM, others)
+_DROPOUT_CONFIG_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout", "attention_dropout",
+                        "hidden_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
+                        "activation_dropout", "mlp_dropout")
+_DROPOUT_MODULE_ATTRS = ("attention_dropout", "dropout_p", "dropout")  # float rates some modules keep themselves
+
+
+def set_dropout(model: nn.Module, p: float) -> nn.Module:
+    """Every dropout of `model` at probability `p`: each `nn.Dropout`, each module's float rate
+    (Llama's attention reads `self.attention_dropout`, not a module) and the config's rates.
+
+    Why: the local loop puts the model in train mode, and transformers' GPT-2 config ships
+    resid/embd/attn dropout 0.1, whereas the paper's code trains with dropout 0 everywhere.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+            continue
+        for attr in _DROPOUT_MODULE_ATTRS:
+            value = module.__dict__.get(attr)
+            if isinstance(value, float):
+                setattr(module, attr, p)
+    config = getattr(model, "config", None)
+    for key in _DROPOUT_CONFIG_KEYS:
+        if isinstance(getattr(config, key, None), float):
+            setattr(config, key, p)
+    return model
+
+
 def _freeze(model: nn.Module) -> nn.Module:
     model.eval()
     for p in model.parameters():
@@ -191,7 +220,8 @@ def gpt2_tokenizer_from_package() -> HFTokenizer:
 
 
 def load_base_model(card: ModelCard, device: str | torch.device = "cpu") -> BaseModel:
-    """Load (or build) the card's model, frozen, in eval mode, on `device`."""
+    """Load (or build) the card's model, frozen, in eval mode, on `device`, every dropout at the
+    card's `dropout` (0 unless the card asks for more)."""
     hf_tokenizer = None
     if card.source.kind == "gguf_package":
         model, hf_tokenizer = _load_gguf(card)
@@ -200,5 +230,5 @@ def load_base_model(card: ModelCard, device: str | torch.device = "cpu") -> Base
     else:
         model = _build_from_config(card)
     dtype = getattr(torch, card.dtype)
-    model = _freeze(model.to(device=device, dtype=dtype))
+    model = _freeze(set_dropout(model.to(device=device, dtype=dtype), card.dropout))
     return BaseModel(card=card, model=model, tokenizer=_tokenizer_for(card, hf_tokenizer))

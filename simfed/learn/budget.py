@@ -26,12 +26,15 @@ def budget_score(memory_bytes: float, flops_per_s: float) -> float:
     return min(max(score, 0.0), 1.0)
 
 
-def experts_for_budget(memory_bytes: float, flops_per_s: float, max_experts: int) -> int:
-    """Number of MLP experts (1 generalist + specialists), between 2 and `max_experts`."""
-    if max_experts <= 2:
+def experts_for_budget(memory_bytes: float, flops_per_s: float, max_experts: int, min_experts: int = 2) -> int:
+    """Number of MLP experts (1 generalist + specialists), between `min_experts` and `max_experts`:
+    min_experts + ⌊score · (max − min + 1)⌋, at most max. min_experts = 1 lets the weakest devices
+    hold the generalist alone (the paper's Figure 8 setup)."""
+    low = max(1, min(min_experts, max_experts))
+    if max_experts <= low:
         return max(1, max_experts)
     score = budget_score(memory_bytes, flops_per_s)
-    return 2 + min(max_experts - 2, math.floor(score * (max_experts - 1)))
+    return low + min(max_experts - low, math.floor(score * (max_experts - low + 1)))
 
 
 def rank_for_budget(
@@ -39,15 +42,17 @@ def rank_for_budget(
     flops_per_s: float,
     max_experts: int,
     expert_rank: int,
-    match: Literal["full", "active"] = "full",
+    match: Literal["paper", "full", "active", "none"] = "full",
     top_k: int = 2,
     min_rank: int = 1,
     max_rank: int = 1 << 16,
+    min_experts: int = 2,
 ) -> int:
-    """HetLoRA rank matched to the CoMiGS device of the same budget.
+    """HetLoRA/FlexLoRA MLP rank matched to the CoMiGS device of the same budget.
 
-    full: rank = expert_rank × E (all experts' parameters); active: rank = expert_rank × min(E, top_k).
+    full (= paper): rank = expert_rank × E (all experts' parameters); active: rank = expert_rank ×
+    min(E, top_k); none: expert_rank whatever the budget. Clipped to [min_rank, max_rank].
     """
-    n_experts = experts_for_budget(memory_bytes, flops_per_s, max_experts)
-    mult = n_experts if match == "full" else min(n_experts, top_k)
+    n_experts = experts_for_budget(memory_bytes, flops_per_s, max_experts, min_experts)
+    mult = {"paper": n_experts, "full": n_experts, "active": min(n_experts, top_k), "none": 1}[match]
     return int(min(max(expert_rank * mult, min_rank), max_rank))

@@ -61,7 +61,10 @@ class ModelDims:
 
 
 def active_experts(shape: AdapterShape) -> int:
-    """Experts a token runs: k = min(top_k, E) (E = 1: the single LoRA, no router)."""
+    """Experts a token runs: k = min(top_k, E) under a router; every expert without one (E = 1:
+    the single LoRA; averaged experts of the parameter-matched baselines: all E)."""
+    if not shape.has_router:
+        return shape.n_experts
     return max(1, min(shape.n_experts, shape.top_k))
 
 
@@ -103,7 +106,7 @@ def step_flops(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: i
         mixing = 2.0 * k * (d_ff + dims.mlp_down[1])
         fwd += mixing
         bwd += 2.0 * mixing
-        if e > 1:
+        if shape.has_router:
             router = 2.0 * dims.d_model * e
             fwd += router
             bwd += 2.0 * router if train == "router" else router
@@ -125,7 +128,7 @@ def forward_flops(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len
         + 2.0 * dims.mlp_down[0] * dims.mlp_down[1]
         + k * sum(2.0 * shape.mlp_rank * (i + o) for i, o in (*dims.mlp_up, dims.mlp_down))
         + 2.0 * k * (dims.mlp_down[0] + dims.mlp_down[1])
-        + (2.0 * dims.d_model * e if e > 1 else 0.0)
+        + (2.0 * dims.d_model * e if shape.has_router else 0.0)
     )
     return tokens * (dims.n_layers * per_layer + 2.0 * dims.d_model * dims.vocab)
 
@@ -150,7 +153,7 @@ def round_activation_bytes(
     router_phases: int = 0, router_steps: int = 0,
 ) -> float:
     """`step_activation_bytes` over a local round's expert steps and router phases."""
-    steps = local_steps + (router_phases * router_steps if shape.n_experts > 1 else 0)
+    steps = local_steps + (router_phases * router_steps if shape.has_router else 0)
     return steps * step_activation_bytes(dims, shape, batch_size, seq_len)
 
 
@@ -170,6 +173,6 @@ def round_flops(
 ) -> float:
     """FLOPs of a device's local round: expert steps plus router phases."""
     total = local_steps * step_flops(dims, shape, batch_size, seq_len, "experts")
-    if shape.n_experts > 1 and router_phases:
+    if shape.has_router and router_phases:
         total += router_phases * router_steps * step_flops(dims, shape, batch_size, seq_len, "router")
     return total

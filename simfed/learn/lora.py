@@ -153,6 +153,7 @@ class ExpertBank(nn.Module):
         top_k: int = 2,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
+        routed: bool = True,  # False: no router, every expert weighted 1/E (averaged experts)
     ) -> None:
         super().__init__()
         self.ups = nn.ModuleList(
@@ -161,7 +162,7 @@ class ExpertBank(nn.Module):
         self.down = StackedLoRA(n_experts, rank, *down_dims, alpha, generator, device)
         self.top_k = min(top_k, n_experts)
         self.router: nn.Linear | None = None
-        if n_experts > 1:
+        if n_experts > 1 and routed:
             self.router = nn.Linear(d_model, n_experts, bias=False, device=device)
             w = torch.empty(n_experts, d_model)
             w.normal_(0.0, 0.02, generator=generator)
@@ -179,8 +180,9 @@ class ExpertBank(nn.Module):
 
     @property
     def active_experts(self) -> int:
-        """Experts computed per token: k = min(top_k, E) with a router, the single expert without."""
-        return self.top_k if self.router is not None else 1
+        """Experts computed per token: k = min(top_k, E) with a router; without one (E = 1, or
+        averaged experts) every expert."""
+        return self.top_k if self.router is not None else self.n_experts
 
     def route(self, x: torch.Tensor) -> torch.Tensor:
         """Routing weights (..., E): top-k on the raw logits, softmax over the selected, 0 elsewhere.
@@ -191,10 +193,12 @@ class ExpertBank(nn.Module):
 
     def select(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """`route`'s dense weights (..., E) and the top-k choice behind them: the selected experts
-        (..., k) and their softmax weights (..., k), both None without a router (E = 1)."""
+        (..., k) and their softmax weights (..., k), both None without a router (E = 1, or
+        averaged experts: every expert weighs 1/E)."""
         if self.router is None:
             self.last_lb = None
-            return torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device), None, None
+            weights = torch.full((*x.shape[:-1], self.n_experts), 1.0 / self.n_experts, dtype=x.dtype, device=x.device)
+            return weights, None, None
         logits = self.router(x)
         top_vals, top_idx = logits.topk(self.top_k, dim=-1)
         top_w = top_vals.softmax(dim=-1)

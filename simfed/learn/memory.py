@@ -9,7 +9,7 @@ attention / expert LoRA ranks, B × T the batch, d_ff the MLP width (mlp_down's 
     base        = b · (L · (Σ_attn in·out + Σ_mlp in·out) + V · d)
                   (frozen matmul weights and one token embedding, the LM head taken as tied to it;
                    biases, norms and position embeddings are left out: < 1% for these models)
-    trainable P = L · (r_a · Σ_attn (in+out) + E · r_m · Σ_mlp (in+out) + [E > 1] · E · d)
+    trainable P = L · (r_a · Σ_attn (in+out) + E · r_m · Σ_mlp (in+out) + [router] · E · d)
                   (LoRA A and B of every site and expert, plus the router)
     adapters    = 4 · 4 · P   (fp32 weights, gradients, AdamW first and second moments)
     activations ≈ a · B · T · (L · (8·d + (2 + [gated]) · k · d_ff) + 2 · V)
@@ -53,7 +53,7 @@ def base_params(dims: ModelDims) -> int:
 def trainable_params(dims: ModelDims, shape: AdapterShape) -> int:
     attn = shape.attn_rank * sum(i + o for i, o in dims.attn_linears)
     mlp = shape.n_experts * shape.mlp_rank * sum(i + o for i, o in (*dims.mlp_up, dims.mlp_down))
-    router = shape.n_experts * dims.d_model if shape.n_experts > 1 else 0
+    router = shape.n_experts * dims.d_model if shape.has_router else 0
     return dims.n_layers * (attn + mlp + router)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simfed.errors import SimfedError
 
@@ -59,6 +59,10 @@ class ModelCard(_Strict):
     attention: list[str]  # paths (inside a layer) of the attention projections that get LoRA
     mlp: MlpSpec
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # the base model's dropout probability in training, set on EVERY dropout of the model (nn.Dropout
+    # modules and attention-dropout rates alike). The paper trains with dropout 0, while transformers'
+    # GPT-2 config ships 0.1: without this every card would silently train with its config's dropout.
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     tokenizer: TokenizerSpec
 
 

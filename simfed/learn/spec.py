@@ -21,12 +21,16 @@ class MethodSpec(_Strict):
     ]
     # CoMiGS: 1g1s (E=2), 2g, 2s, 1gxs (E per device from its budget)
     variant: Literal["1g1s", "2g", "2s", "1gxs"] = "1g1s"
-    rank: PositiveInt = 8  # LoRA rank of every expert / of attention (CoMiGS, FedAvg, Local)
+    rank: PositiveInt = 8  # LoRA rank of every MLP expert (CoMiGS, baselines; HetLoRA/FlexLoRA: per expert counted)
     max_experts: PositiveInt = 4  # 1GXS: a device never holds more experts than this
     # HetLoRA: ranks from the budget, matched to CoMiGS's trainable parameters
     min_rank: PositiveInt = 4
     max_rank: PositiveInt = 32
-    match: Literal["full", "active"] = "full"
+    # parameter matching (simfed/learn/matching.py): paper = the paper's trainable budget for each baseline
+    # (Local/FedAvg/PCL/Centralized: two MLP LoRA experts averaged, no router; FFA-LoRA: MLP rank 2·rank;
+    # HetLoRA/FlexLoRA: MLP rank = rank × E, as full); active: HetLoRA/FlexLoRA rank × min(E, 2);
+    # none: one LoRA of `rank` (HetLoRA/FlexLoRA: `rank` on every device). CoMiGS and the MoE kinds ignore it.
+    match: Literal["paper", "full", "active", "none"] = "paper"
     prune_lambda: float = Field(5e-3, ge=0)  # self-pruning regulariser weight λ_p
     prune_gamma: float = Field(0.99, gt=0, le=1)
     norm_weighting: Literal["product", "per_matrix"] = "product"
@@ -38,11 +42,19 @@ class MethodSpec(_Strict):
     aggregation_weights: Literal["uniform", "tokens"] = "uniform"
     # CoMiGS: "train" is the -tr ablation (router phases on fresh training batches, not validation)
     router_split: Literal["val", "train"] = "val"
-    # PCL: collaborate at the start of 0-based round r when r >= pcl_start and (r - pcl_start) % pcl_every == 0
-    pcl_start: int = Field(4, ge=1)
+    # PCL: devices mix their peers' models after training in 0-based round r when r >= pcl_start and
+    # (r - pcl_start) % pcl_every == 0 (defaults: rounds 4, 6, 8, ... — the reference's r > 3 and r % 2 == 0)
+    pcl_start: int = Field(4, ge=0)
     pcl_every: PositiveInt = 2
     # server.policy fedbuff/fedasync: server ← server + server_lr · Σ w_i Δ_i / Σ w_i (simfed/learn/aggregate.py)
     server_lr: float = Field(1.0, gt=0)
+
+    # --- issue 12: the paper's setting (fidelity fixes, parameter matching) ---------------------------
+    # (besides: `match` above gained "paper" (now the default) and "none"; `pcl_start` counts rounds
+    # after which PCL mixes; `aggregation_weights: tokens` weighs by training-split sizes)
+    attn_rank: PositiveInt = 8  # attention LoRA rank of every adapter kind (the paper fixes it at 8; never per device)
+    min_experts: PositiveInt = 2  # budget rule's smallest E (comigs 1gxs; hetlora/flexlora ranks): 1 = generalist only
+    lb_importance: float = Field(0.5, gt=0, lt=1)  # lb_form generalist: the generalist's importance (paper eq. 6)
 
 
 # kinds whose Method implements aggregate_async (FedBuff/FedAsync); the others run only server.policy: sync

@@ -33,9 +33,9 @@ import torch
 from simfed.errors import SimfedError
 from simfed.learn.adapters import AdapterShape
 from simfed.learn.base_model import cache_root, load_base_model
-from simfed.learn.budget import experts_for_budget, rank_for_budget
 from simfed.learn.flops import ModelDims, round_activation_bytes, round_flops, router_phases_in_round
 from simfed.learn.lora import linear_dims
+from simfed.learn.matching import device_shape
 from simfed.learn.memory import DTYPE_BYTES, SHRINK_STEPS, memory_need
 from simfed.learn.model_card import ModelCard, load_card
 from simfed.learn.spec import MethodSpec, TrainingSpec
@@ -127,14 +127,7 @@ class DryMethod:
         return memory_need(self.dims, shape, t.batch_size, t.seq_len, self.weight_bytes).total
 
     def _shape_for(self, memory: float, speed: float) -> AdapterShape:
-        s = self.spec
-        if s.kind == "comigs":
-            experts = experts_for_budget(memory, speed, s.max_experts) if s.variant == "1gxs" else 2
-            return AdapterShape(experts, s.rank, s.rank)
-        if s.kind == "hetlora":
-            rank = rank_for_budget(memory, speed, s.max_experts, s.rank, s.match, 2, s.min_rank, s.max_rank)
-            return AdapterShape(1, rank, rank)
-        return AdapterShape(1, s.rank, s.rank)
+        return device_shape(self.spec, memory, speed)  # the methods' own sizing rule
 
     def payload_numel(self, shape: AdapterShape) -> int:
         """Elements of the tensors a device downloads (and uploads: the same for these methods)."""
@@ -145,17 +138,17 @@ class DryMethod:
         if kind == "local":
             return 0
         if kind == "comigs":  # attention LoRA and the shared experts; routers and specialists stay home
-            return attn + SHARED_EXPERTS[self.spec.variant] * expert
-        return attn + expert  # hetlora (at the device's rank), fedavg: everything, one expert, no router
+            return attn + min(SHARED_EXPERTS[self.spec.variant], shape.n_experts) * expert
+        return attn + shape.n_experts * expert  # hetlora (at the device's rank), fedavg: every expert, no router
 
     def round_flops(self, shape: AdapterShape, global_step: int) -> float:
         t, s = self.training, self.spec
-        phases = router_phases_in_round(global_step, t.local_steps, s.tau) if shape.n_experts > 1 else 0
+        phases = router_phases_in_round(global_step, t.local_steps, s.tau) if shape.has_router else 0
         return round_flops(self.dims, shape, t.batch_size, t.seq_len, t.local_steps, phases, s.router_steps)
 
     def round_activation_bytes(self, shape: AdapterShape, global_step: int) -> float:
         t, s = self.training, self.spec
-        phases = router_phases_in_round(global_step, t.local_steps, s.tau) if shape.n_experts > 1 else 0
+        phases = router_phases_in_round(global_step, t.local_steps, s.tau) if shape.has_router else 0
         return round_activation_bytes(self.dims, shape, t.batch_size, t.seq_len, t.local_steps, phases, s.router_steps)
 
 

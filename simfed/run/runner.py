@@ -27,6 +27,7 @@ from simfed.learn.adapters import AdaptedModel
 from simfed.learn.base_model import load_base_model
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
 from simfed.learn.memory import DTYPE_BYTES, SHRINK_STEPS, memory_need
+from simfed.learn.params import method_setting
 from simfed.learn.methods.base import Budget, ClientInfo, LocalPlan, Method, Update
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
@@ -413,6 +414,7 @@ def run_method(
     stats["status"] = method_status(tally.diverged, tally.updates_aggregated)  # simfed/run/divergence.py
     if scenario.world.memory_policy != "ignore":
         stats["memory_excluded"] = len(engine.excluded)  # devices never selected: the training does not fit
+    stats["setting"] = method_setting(method, len(fleet))  # matching rule, LB form, parameters per device
     run.finish_method(method.name, seed, stats, measured_model=method.measured_model)
     view.on_method_done(method.name)
     return workload

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import simfed.learn.local_update as local_update
-from simfed.learn.adapters import AdapterShape, copy_into
-from simfed.learn.evaluate import evaluate_windows, evaluation_windows
+from simfed.learn.adapters import AdapterShape
+from simfed.learn.evaluate import evaluation_windows
 from simfed.learn.flops import ModelDims, step_flops
 from simfed.learn.methods.base import LocalPlan
 from simfed.learn.methods.federation import torch_generator
@@ -124,20 +123,3 @@ def test_router_split_picks_the_router_batches(tiny_gpt2, toy_data, monkeypatch,
     method.local_update(1, method.download(1), LocalPlan(0, 2, seed=0))
     assert len(seen) == TRAINING.local_steps
     assert all(t is getattr(toy_data[1], split) for t in seen)
-
-
-# --- Centralized -----------------------------------------------------------------------------
-
-
-def test_centralized_trains_on_pooled_data_and_measures_the_one_model(tiny_gpt2, toy_data):
-    method, updates = one_round(tiny_gpt2, toy_data, MethodSpec(name="c", kind="centralized"))
-    pooled = np.concatenate([toy_data[0].train, toy_data[1].train])
-    for c in (0, 1):
-        assert np.array_equal(method.fed.clients[c].data.train, pooled)
-        assert method.fed.clients[c].data.test is toy_data[c].test
-    server = {n: (updates[0].upload[n] + updates[1].upload[n]) / 2 for n in updates[0].upload}
-    adapters = tiny_gpt2.new_adapters(AdapterShape(1, 8, 8), torch.Generator().manual_seed(5))
-    copy_into(adapters, server)
-    for c in (0, 1):
-        expected = evaluate_windows(tiny_gpt2, adapters, evaluation_windows(toy_data[c].test, 32, 2))
-        assert method.evaluate(c).ppl == pytest.approx(expected.ppl, rel=1e-5)

@@ -62,3 +62,25 @@ def test_experts_within_two_and_max(m, f, e_max):
 def test_rank_is_expert_rank_times_experts_counted(m, f, e_max, match):
     e = experts_for_budget(m, f, e_max)
     assert rank_for_budget(m, f, e_max, 8, match) == 8 * (e if match == "full" else min(e, 2))
+
+
+# --- min_experts = 1: the weakest devices hold the generalist alone (the paper's Figure 8) ---------
+# E = 1 + ⌊score · 4⌋ capped at 4 for min 1, max 4: score 0.1 → 1, 0.25 → 2, 0.5 → 3, 1 → 4
+
+
+def test_min_experts_one_gives_the_weakest_the_generalist_alone():
+    budgets = [(12e9, 150e9), (4e9, 50e9), (3e9, 25e9), (3e9, 10e9)]  # scores 1, 0.5, 0.25, 0.1
+    assert tuple(experts_for_budget(m, f, 4, min_experts=1) for m, f in budgets) == (4, 3, 2, 1)
+    assert tuple(rank_for_budget(m, f, 4, 8, "full", min_experts=1) for m, f in budgets) == (32, 24, 16, 8)
+
+
+@given(memory, flops, max_experts, st.integers(min_value=1, max_value=8))
+def test_experts_within_min_and_max(m, f, e_max, e_min):
+    assert min(e_min, e_max) <= experts_for_budget(m, f, e_max, min_experts=e_min) <= e_max
+
+
+@given(memory, flops, st.integers(min_value=3, max_value=8))
+def test_min_experts_two_is_the_former_rule(m, f, e_max):
+    score = min(max(min(m / 8e9, f / 100e9), 0.0), 1.0)
+    import math
+    assert experts_for_budget(m, f, e_max, min_experts=2) == 2 + min(e_max - 2, math.floor(score * (e_max - 1)))

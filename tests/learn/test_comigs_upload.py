@@ -97,3 +97,26 @@ def test_upload_bytes_match_the_layer_shapes(tiny_gpt2, toy_data, dtype, bytes_p
     assert sum(t.numel() * t.element_size() for t in cast.values()) == UPLOAD_NUMEL_1G1S * bytes_per_value
     # before any training, the shapes alone give the same count (what the simulator charges)
     assert shapes_bytes(method.upload_shapes(1), dtype) == UPLOAD_NUMEL_1G1S * bytes_per_value
+
+
+def test_1gxs_can_give_a_device_the_generalist_alone(tiny_gpt2, toy_data):
+    """min_experts = 1: a device of budget score 0.1 gets E = 1 — expert 0 (the generalist), no router;
+    it trains, uploads the generalist and attention LoRA, and has no router phase."""
+    from simfed.learn.methods.base import Budget, LocalPlan
+    from simfed.learn.methods.registry import build_method
+    from simfed.learn.spec import MethodSpec, TrainingSpec
+    from tests.learn.helpers import FLAGSHIP, clients_for
+
+    weakest = Budget(memory_bytes=3e9, flops_per_s=10e9)
+    spec = MethodSpec(name="c", kind="comigs", variant="1gxs", max_experts=4, min_experts=1, tau=1)
+    method = build_method(spec, TrainingSpec(local_steps=2, batch_size=2, seq_len=32, eval_windows=2), tiny_gpt2)
+    method.setup(clients_for(toy_data, [FLAGSHIP, weakest]), seed=0)
+    assert [method.fed.shapes[c].n_experts for c in (0, 1)] == [4, 1]
+    assert method.describe_client(1) == "1G"
+    update = method.local_update(1, method.download(1), LocalPlan(0, 2, seed=0))
+    state = method.fed.store.get_or_create(1)
+    assert state.router_opt is None and state.adapters.router_parameters() == []
+    experts = {int(n.split(".")[4]) for n in update.upload if ".experts." in n}
+    assert experts == {0} and any(".attn." in n for n in update.upload)
+    assert set(update.upload) == set(method.upload_shapes(1))
+    method.aggregate([update], 0)

@@ -1,8 +1,9 @@
 """FFA-LoRA: every A stays bit-identical to the server init through training; only B moves.
 
-Sizes by hand for tiny-gpt2 (2 layers, d_model 64, d_ff 256) at rank 8, per layer:
-  A: c_attn 8·64, attn c_proj 8·64, c_fc 8·64, mlp c_proj 8·256       = 3584
-  B: c_attn 192·8, attn c_proj 64·8, c_fc 256·8, mlp c_proj 64·8      = 4608
+Sizes by hand for tiny-gpt2 (2 layers, d_model 64, d_ff 256), attention rank 8 and — matched to
+CoMiGS-1G1S as in the paper — MLP rank 16, per layer:
+  A: c_attn 8·64, attn c_proj 8·64, c_fc 16·64, mlp c_proj 16·256       = 6144
+  B: c_attn 192·8, attn c_proj 64·8, c_fc 256·16, mlp c_proj 64·16      = 7168
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from simfed.run.payload import shapes_bytes
 from tests.learn.conftest import adapted
 from tests.learn.helpers import LOW_END, clients_for, randomise_lora_b, random_ids
 
-A_NUMEL, B_NUMEL = 2 * 3584, 2 * 4608
+A_NUMEL, B_NUMEL = 2 * 6144, 2 * 7168
 ROUNDS = 3
 
 

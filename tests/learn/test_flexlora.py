@@ -97,9 +97,9 @@ def test_method_round_matches_the_dense_reference(tiny_gpt2, toy_data):
         updates = [method.local_update(c, method.download(c), LocalPlan(r, 2, seed=0)) for c in (0, 1)]
         method.aggregate(updates, r)
     uploads = [u.upload for u in updates]
-    tokens = [u.n_tokens for u in updates]
+    tokens = [len(d.train) for d in toy_data]  # n_i: the training splits' sizes
     scales = [scale_of(32), scale_of(16)]
-    for module in ("layers.1.attn.c_attn", "layers.0.mlp.experts.0.c_proj"):
+    for module in ("layers.1.mlp.experts.0.c_fc", "layers.0.mlp.experts.0.c_proj"):
         delta = dense_delta(uploads, tokens, scales, module)
         assert torch.linalg.matrix_rank(delta) == 48  # both devices' terms are in it
         for c, rank in method.ranks.items():
@@ -110,8 +110,14 @@ def test_method_round_matches_the_dense_reference(tiny_gpt2, toy_data):
             # float32 server factors: agreement to float32 precision relative to the update's size
             err = (scales[c] * b @ a - expected).abs().max() / expected.abs().max()
             assert err < 1e-5, f"client {c} {module}: relative error {err:.2e}"
-    assert method.upload_shapes(0)["layers.0.attn.c_attn.lora_A"] == (32, 64)
-    assert method.download_shapes(1)["layers.0.attn.c_attn.lora_B"] == (192, 16)
+    assert method.upload_shapes(0)["layers.0.mlp.experts.0.c_fc.lora_A"] == (32, 64)
+    assert method.download_shapes(1)["layers.0.mlp.experts.0.c_fc.lora_B"] == (256, 16)
+    # attention: rank 8 on both devices, the uniform mean of the uploads, sent as it is
+    for n in ("layers.1.attn.c_attn.lora_A", "layers.0.attn.c_proj.lora_B"):
+        mean = (uploads[0][n].double() + uploads[1][n].double()) / 2
+        for c in (0, 1):
+            assert method.download_shapes(c)[n] == tuple(mean.shape) and 8 in mean.shape
+            torch.testing.assert_close(method.download(c)[n].double(), mean, rtol=1e-6, atol=1e-8)
 
 
 def test_a_device_that_never_trained_evaluates_its_share_of_the_server(tiny_gpt2, toy_data):

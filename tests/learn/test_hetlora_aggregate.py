@@ -22,8 +22,11 @@ A2 = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]])
 B2 = torch.tensor([[9.0, 0, 0, 0], [0, 0, 12, 0]])
 
 
+M, N = "layers.0.mlp.experts.0.m", "layers.0.mlp.experts.0.n"  # MLP LoRA modules: HetLoRA's heterogeneous part
+
+
 def uploads() -> list[dict[str, torch.Tensor]]:
-    return [{"m.lora_A": A1, "m.lora_B": B1}, {"m.lora_A": A2, "m.lora_B": B2}]
+    return [{f"{M}.lora_A": A1, f"{M}.lora_B": B1}, {f"{M}.lora_A": A2, f"{M}.lora_B": B2}]
 
 
 def test_product_weighting_pads_and_weights_by_update_norm():
@@ -32,9 +35,9 @@ def test_product_weighting_pads_and_weights_by_update_norm():
     expected_a = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 0.75], [0.75, 0.75, 0.75]])
     # B: 1/4·[B1 | 0 0] + 3/4·B2 = [[3/4 + 27/4, 0, 0, 0], [0, 1, 9, 0]]
     expected_b = torch.tensor([[7.5, 0, 0, 0], [0, 1.0, 9, 0]])
-    assert set(merged) == {"m.lora_A", "m.lora_B"}
-    torch.testing.assert_close(merged["m.lora_A"], expected_a)
-    torch.testing.assert_close(merged["m.lora_B"], expected_b)
+    assert set(merged) == {f"{M}.lora_A", f"{M}.lora_B"}
+    torch.testing.assert_close(merged[f"{M}.lora_A"], expected_a)
+    torch.testing.assert_close(merged[f"{M}.lora_B"], expected_b)
 
 
 def test_per_matrix_weighting_weights_a_and_b_by_their_own_norms():
@@ -42,44 +45,44 @@ def test_per_matrix_weighting_weights_a_and_b_by_their_own_norms():
     w2 = math.sqrt(3) / (1 + math.sqrt(3))  # √6 / (√2 + √6): device 2's weight for A
     expected_a = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, w2], [w2, w2, w2]])
     expected_b = torch.tensor([[7.5, 0, 0, 0], [0, 1.0, 9, 0]])  # B norms 5 and 15 → 1/4, 3/4
-    torch.testing.assert_close(merged["m.lora_A"], expected_a)
-    torch.testing.assert_close(merged["m.lora_B"], expected_b)
+    torch.testing.assert_close(merged[f"{M}.lora_A"], expected_a)
+    torch.testing.assert_close(merged[f"{M}.lora_B"], expected_b)
 
 
 def test_weights_are_per_module():
     # module `n`: device 1 sent a zero update (weight 0), so the merge is device 2's tensors
     ups = uploads()
-    ups[0]["n.lora_A"], ups[0]["n.lora_B"] = A1, torch.zeros(2, 2)
-    ups[1]["n.lora_A"], ups[1]["n.lora_B"] = A2, B2
+    ups[0][f"{N}.lora_A"], ups[0][f"{N}.lora_B"] = A1, torch.zeros(2, 2)
+    ups[1][f"{N}.lora_A"], ups[1][f"{N}.lora_B"] = A2, B2
     merged = hetlora_aggregate(ups, max_rank=4)
-    torch.testing.assert_close(merged["n.lora_A"], A2)
-    torch.testing.assert_close(merged["n.lora_B"], B2)
-    torch.testing.assert_close(merged["m.lora_B"], torch.tensor([[7.5, 0, 0, 0], [0, 1.0, 9, 0]]))
+    torch.testing.assert_close(merged[f"{N}.lora_A"], A2)
+    torch.testing.assert_close(merged[f"{N}.lora_B"], B2)
+    torch.testing.assert_close(merged[f"{M}.lora_B"], torch.tensor([[7.5, 0, 0, 0], [0, 1.0, 9, 0]]))
 
 
 def test_all_zero_updates_fall_back_to_a_uniform_mean():
-    ups = [{"m.lora_A": A1, "m.lora_B": torch.zeros(2, 2)}, {"m.lora_A": A2, "m.lora_B": torch.zeros(2, 4)}]
+    ups = [{f"{M}.lora_A": A1, f"{M}.lora_B": torch.zeros(2, 2)}, {f"{M}.lora_A": A2, f"{M}.lora_B": torch.zeros(2, 4)}]
     merged = hetlora_aggregate(ups, max_rank=4)
     expected_a = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 0.5], [0.5, 0.5, 0.5]])
-    torch.testing.assert_close(merged["m.lora_A"], expected_a)
-    torch.testing.assert_close(merged["m.lora_B"], torch.zeros(2, 4))
+    torch.testing.assert_close(merged[f"{M}.lora_A"], expected_a)
+    torch.testing.assert_close(merged[f"{M}.lora_B"], torch.zeros(2, 4))
 
 
 def test_redistribution_truncates_to_each_device_rank():
     merged = hetlora_aggregate(uploads(), max_rank=4)
     to_device_1 = truncate_state(merged, 2)
-    torch.testing.assert_close(to_device_1["m.lora_A"], torch.tensor([[1.0, 0, 0], [0, 1, 0]]))
-    torch.testing.assert_close(to_device_1["m.lora_B"], torch.tensor([[7.5, 0], [0, 1.0]]))
+    torch.testing.assert_close(to_device_1[f"{M}.lora_A"], torch.tensor([[1.0, 0, 0], [0, 1, 0]]))
+    torch.testing.assert_close(to_device_1[f"{M}.lora_B"], torch.tensor([[7.5, 0], [0, 1.0]]))
     to_device_2 = truncate_state(merged, 4)
-    torch.testing.assert_close(to_device_2["m.lora_A"], merged["m.lora_A"])
-    to_device_1["m.lora_A"].add_(1.0)  # a copy: the server's tensor does not move
-    torch.testing.assert_close(merged["m.lora_A"][:2], torch.tensor([[1.0, 0, 0], [0, 1, 0]]))
+    torch.testing.assert_close(to_device_2[f"{M}.lora_A"], merged[f"{M}.lora_A"])
+    to_device_1[f"{M}.lora_A"].add_(1.0)  # a copy: the server's tensor does not move
+    torch.testing.assert_close(merged[f"{M}.lora_A"][:2], torch.tensor([[1.0, 0, 0], [0, 1, 0]]))
 
 
 # --- self-pruning -----------------------------------------------------------------------------
 
 
-def pair(rank: int, tail_a: float, tail_b: float, module: str = "m", gamma_start: int | None = None) -> dict:
+def pair(rank: int, tail_a: float, tail_b: float, module: str = M, gamma_start: int | None = None) -> dict:
     """A rank-`rank` LoRA (in 3, out 2) whose slices from `gamma_start` (default r−1) on have
     ‖A[k:]‖_F = tail_a and ‖B[:, k:]‖_F = tail_b; the head slices are large (they must not count)."""
     k = rank - 1 if gamma_start is None else gamma_start
@@ -117,8 +120,8 @@ def test_prune_at_most_one_rank_a_round_and_only_reporting_devices():
 
 def test_prune_sums_tail_norms_over_modules():
     # module m: device below the global (1·1 < 2·1); module n: above (3·3 > 1·1) → sum 10 > 3: keep
-    up = {**pair(4, 1.0, 1.0, "m"), **pair(4, 3.0, 3.0, "n")}
-    rec = {**pair(4, 2.0, 1.0, "m"), **pair(4, 1.0, 1.0, "n")}
+    up = {**pair(4, 1.0, 1.0, M), **pair(4, 3.0, 3.0, N)}
+    rec = {**pair(4, 2.0, 1.0, M), **pair(4, 1.0, 1.0, N)}
     assert prune_decisions({0: up}, {0: rec}, {0: 4}, gamma=0.99, round_index=2) == {0: 4}
 
 
@@ -130,6 +133,17 @@ def test_prune_tail_starts_at_floor_gamma_r(gamma, start):
     assert prune_decisions({0: up}, {0: rec}, {0: 4}, gamma=gamma, round_index=1) == {0: 3}
     # the same tensors but the global's difference moved one slice before the tail: equal tails
     rec_early = pair(4, 1.0, 1.0, gamma_start=start)
-    rec_early["m.lora_A"][start - 1] = 0.0
-    rec_early["m.lora_A"][start - 1, 0] = 99.0
+    rec_early[f"{M}.lora_A"][start - 1] = 0.0
+    rec_early[f"{M}.lora_A"][start - 1, 0] = 99.0
     assert prune_decisions({0: up}, {0: rec_early}, {0: 4}, gamma=gamma, round_index=1) == {0: 4}
+
+
+def test_attention_is_neither_truncated_nor_pruned():
+    """Rank heterogeneity is on the MLP only: attention LoRA (rank 8 everywhere) passes truncation
+    untouched, and its tail never decides a pruning."""
+    attn = {"layers.0.attn.q.lora_A": torch.ones(8, 3), "layers.0.attn.q.lora_B": torch.ones(2, 8)}
+    cut = truncate_state({**attn, **uploads()[1]}, 2)
+    assert cut["layers.0.attn.q.lora_A"].shape == (8, 3) and cut[f"{M}.lora_A"].shape == (2, 3)
+    up = {**pair(4, 1.0, 1.0), "layers.0.attn.q.lora_A": torch.zeros(4, 3), "layers.0.attn.q.lora_B": torch.zeros(2, 4)}
+    rec = {**pair(4, 1.0, 1.0), "layers.0.attn.q.lora_A": torch.ones(4, 3), "layers.0.attn.q.lora_B": torch.ones(2, 4)}
+    assert prune_decisions({0: up}, {0: rec}, {0: 4}, gamma=0.99, round_index=1) == {0: 4}  # MLP tails equal

@@ -6,9 +6,8 @@ import math
 import pytest
 import torch
 
-from simfed.learn.lora import StackedLoRA
 from simfed.learn.methods.base import LocalPlan
-from simfed.learn.methods.hetlora import HetLoRA
+from simfed.learn.methods.hetlora import HetLoRA, mlp_loras
 from simfed.learn.spec import MethodSpec, TrainingSpec
 from tests.learn.helpers import FLAGSHIP, LOW_END, clients_for
 
@@ -35,7 +34,7 @@ def history(tiny_gpt2, toy_data):
             rank = method.ranks[c]
             updates.append(method.local_update(c, method.download(c), LocalPlan(r, ROUNDS, seed=0)))
             adapters = method.fed.store.get_or_create(c).adapters
-            loras = [m for m in adapters.modules() if isinstance(m, StackedLoRA)]
+            loras = mlp_loras(adapters)  # the rank-heterogeneous (and pruned) part
             beyond = max(largest(t) for m in loras for t in (m.lora_A[:, rank:], m.lora_B[:, :, rank:]))
             tails.append((r, c, rank, beyond))
         uploads.append(updates)
@@ -70,7 +69,18 @@ def test_uploads_have_the_current_rank(history):
         for u in updates:
             rank = ranks[r][u.client]
             for name, t in u.upload.items():
-                assert (t.shape[0] if name.endswith("lora_A") else t.shape[1]) == rank, name
+                expected = rank if ".mlp." in name else 8  # attention LoRA: rank 8 on every device
+                assert (t.shape[0] if name.endswith("lora_A") else t.shape[1]) == expected, name
+
+
+def test_attention_is_the_uniform_mean_of_the_uploads(history):
+    method, _, _, uploads = history
+    last = uploads[-1]
+    attention = [n for n in method.fed.server if ".attn." in n]
+    assert len(attention) == 2 * 2 * 2  # layers × (c_attn, c_proj) × (A, B)
+    for n in attention:
+        mean = (last[0].upload[n].double() + last[1].upload[n].double()) / 2
+        torch.testing.assert_close(method.fed.server[n].double(), mean, rtol=1e-6, atol=1e-8)
 
 
 def test_pruned_device_still_evaluates(history):

@@ -20,7 +20,9 @@ from simfed.learn.spec import MethodSpec, TrainingSpec
 from tests.learn.helpers import LOW_END, clients_for
 
 TRAINING = TrainingSpec(local_steps=2, batch_size=2, seq_len=32, eval_windows=3)
-MODEL_NUMEL = 2 * (3584 + 4608)  # tiny-gpt2, rank 8: A and B of every LoRA, two layers (see test_ffa_lora)
+# tiny-gpt2, two layers, each: attention LoRA r8 (c_attn 8·64 + 192·8, c_proj 8·64 + 64·8 = 3072) and, matched
+# to 1G1S (match: paper), TWO MLP experts r8 (c_fc 8·64 + 256·8, c_proj 8·256 + 64·8 = 5120 each), no router
+MODEL_NUMEL = 2 * (3072 + 2 * 5120)
 
 
 def three_users(toy_data) -> list[UserData]:
@@ -45,30 +47,39 @@ def numel(shapes) -> int:
 
 
 def test_schedule_and_bytes_with_the_paper_defaults(tiny_gpt2, toy_data):
+    """The reference mixes after local training in every epoch with `epoch > 3 and epoch % 2 == 0`:
+    the models of those rounds go up, and the mix of them opens the next round."""
     users = three_users(toy_data)
     method = PCL(MethodSpec(name="pcl", kind="pcl"), TRAINING, tiny_gpt2)  # start 4, every 2
     method.setup(clients_for(users, [LOW_END] * 3), seed=0)
-    log = run_rounds(method, range(7), 3, 7)
+    log = run_rounds(method, range(9), 3, 9)
+    reference = [r for r in range(9) if r > 3 and r % 2 == 0]  # collab_run_client_level.py's condition
+    assert reference == [4, 6, 8]
     uploads_in = [r for r, (_, _, ups) in enumerate(log) if all(u.upload for u in ups)]
     downloads_in = [r for r, (shapes, _, _) in enumerate(log) if all(shapes[c][0] for c in range(3))]
-    assert uploads_in == [3, 5] and downloads_in == [4, 6]
+    assert uploads_in == reference and downloads_in == [5, 7]  # round 8's mix would open a round 9
     for r, (shapes, received, updates) in enumerate(log):
         for c in range(3):
             down, up = shapes[c]
-            assert numel(up) == (MODEL_NUMEL if r in (3, 5) else 0)
-            assert numel(down) == (2 * MODEL_NUMEL if r in (4, 6) else 0)  # the N − 1 = 2 other models
+            assert numel(up) == (MODEL_NUMEL if r in reference else 0)
+            assert numel(down) == (2 * MODEL_NUMEL if r in (5, 7) else 0)  # the N − 1 = 2 other models
             assert sum(t.numel() for t in received[c].values()) == numel(down)
             assert {n: tuple(t.shape) for n, t in updates[c].upload.items()} == up
-            if r in (4, 6):
+            if r in (5, 7):
                 assert sorted(split_peers(received[c])) == [j for j in range(3) if j != c]
-    assert set(method.mixing) == {0, 1, 2} and all(m[0] == 6 for m in method.mixing.values())
+                # what arrives is each peer's model as it was after training in round r − 1
+                sent = {u.client: u.upload for u in log[r - 1][2]}
+                for j, state in split_peers(received[c]).items():
+                    assert all(torch.equal(t, sent[j][n]) for n, t in state.items())
+    assert set(method.mixing) == {0, 1, 2} and all(m[0] == 7 for m in method.mixing.values())
 
 
 @pytest.fixture(scope="module")
 def after_upload_round(tiny_gpt2, toy_data):
-    """Collaborate from round 1: round 0 trains and uploads; the test then drives round 1's mix."""
+    """Collaborate after every round from round 0: round 0 trains and uploads; the test then drives
+    round 1's mix."""
     users = three_users(toy_data)
-    method = PCL(MethodSpec(name="pcl", kind="pcl", pcl_start=1, pcl_every=1), TRAINING, tiny_gpt2)
+    method = PCL(MethodSpec(name="pcl", kind="pcl", pcl_start=0, pcl_every=1), TRAINING, tiny_gpt2)
     method.setup(clients_for(users, [LOW_END] * 3), seed=0)
     (_, _, updates), = run_rounds(method, range(1), 3, 4)
     return method, users, {u.client: u.upload for u in updates}

@@ -1,10 +1,14 @@
-"""Centralized: one LoRA trained on the pooled training data of all devices — an upper bound that ignores privacy.
+"""Centralized: ONE model and ONE optimizer on the pooled training data — an upper bound that ignores privacy.
 
-Simulated as FedAvg in which every device draws its batches from the POOLED training split (the
-concatenation of all devices' training tokens, so a batch is a uniform sample over all data) and
-the server averages: local SGD on i.i.d. data, i.e. one model trained on the union with a large
-effective batch, costed like FedAvg (same bytes and FLOPs a round). The model measured on every
-device's test split is that single model: the server's, after the round's averaging.
+As the paper runs it (its reference script: one client holding all users' data, batch 256 = the
+4 users' batches of 64 pooled): every step draws batch_size × N sequences uniformly from the
+concatenation of all N devices' training splits, and one AdamW steps one set of adapters (by
+`match`: the paper's two averaged MLP LoRA experts, or one LoRA). The server trains it: at the
+end of each round with at least one reporting device, `local_steps` pooled steps, with the lr
+schedule over the run's rounds as for every method. The devices do nothing: no bytes move and
+their rounds cost no FLOPs, so Centralized's time, byte and energy axes measure only the round
+structure — it is a bound on perplexity, not a systems contender. Every device's test split is
+measured on the one model.
 """
 from __future__ import annotations
 
@@ -13,56 +17,105 @@ import dataclasses
 import numpy as np
 import torch
 
-from simfed.learn.adapters import AdaptedModel, AdapterShape, copy_into
+from simfed.learn.adapters import AdaptedModel
 from simfed.learn.evaluate import evaluate_windows
+from simfed.learn.local_update import ClientState, batch_rng, new_client_state, train_locally
+from simfed.learn.matching import describe_lora, device_shape
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import SERVER_KEY, AdapterFederation, torch_generator
 from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.store import pack_client_state, unpack_client_state
+
+CENTRAL = "central"  # checkpoint prefix of the one model's state
 
 
-def pooled(clients: list[ClientInfo]) -> list[ClientInfo]:
-    """The clients with their training split replaced by everyone's training tokens, concatenated."""
-    train = np.concatenate([c.data.train for c in sorted(clients, key=lambda c: c.client_id)])
-    train.setflags(write=False)
-    return [dataclasses.replace(c, data=dataclasses.replace(c.data, train=train)) for c in clients]
+def pooled_split(clients: list[ClientInfo], split: str) -> np.ndarray:
+    """Every device's `split` tokens, concatenated in device order (read-only)."""
+    tokens = np.concatenate([getattr(c.data, split) for c in sorted(clients, key=lambda c: c.client_id)])
+    tokens.setflags(write=False)
+    return tokens
 
 
 class Centralized(Method):
-    measured_model = "the single model trained on the pooled data (the server's, after each round's averaging)"
+    measured_model = "the single model trained on the pooled data by one optimizer (the server's)"
 
     def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
         self.name = spec.name
         self.spec = spec
-        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: True, training.eval_windows)
-        self.shape = AdapterShape(1, spec.rank, spec.rank)
+        self.shape = device_shape(spec, 0.0, 0.0)
+        # evaluation windows and the base model; no device holds adapters (nothing is shared)
+        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: False, training.eval_windows)
+        self.recipe = self.fed.recipe
+        self.state: ClientState | None = None
+        self.train = self.val = np.zeros(0, dtype=np.int32)
+        self.total_rounds = 0  # the run's rounds (for the lr schedule), from the devices' plans
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        self.fed.setup(pooled(clients), {c.client_id: self.shape for c in clients}, self.shape, seed)
+        self.fed.setup(clients, {}, self.shape, seed)
+        self.train, self.val = pooled_split(clients, "train"), pooled_split(clients, "val")
+        # one pooled batch a step: every device's batch_size sequences (the paper: 4 × 64 = 256)
+        self.recipe = dataclasses.replace(self.fed.recipe, batch_size=self.fed.recipe.batch_size * len(clients))
+        self.state = self._fresh()
+
+    def _fresh(self) -> ClientState:
+        adapters = self.fed.model.new_adapters(self.shape, torch_generator(self.fed.seed, SERVER_KEY))
+        return new_client_state(adapters, self.recipe)
 
     def download(self, client: int) -> dict[str, torch.Tensor]:
-        return self.fed.download(client)
+        return {}
 
     def local_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> Update:
-        return self.fed.local_update(client, received, plan)
+        """A device trains nothing (its data is in the pool); it only reports the run's length."""
+        self.total_rounds = max(self.total_rounds, plan.total_rounds)
+        return Update(client=client, upload={}, n_tokens=0, train_loss=float("nan"))
 
     def aggregate(self, updates: list[Update], round_index: int) -> None:
-        if updates:
-            self.fed.mean_into_server(updates, self.fed.client_weights(updates, self.spec.aggregation_weights))
+        """The round's `local_steps` steps of the one optimizer on pooled batches."""
+        if not updates:
+            return
+        steps = self.recipe.local_steps
+        total = max(self.total_rounds, round_index + 1) * steps
+
+        def progress_at(step: int) -> float:
+            return (round_index * steps + step) / total
+
+        train_locally(self.fed.model, self.state, self.train, self.val, self.recipe, progress_at,
+                      batch_rng(self.fed.seed, SERVER_KEY, round_index, 0))
 
     def evaluate(self, client: int, split: Split = "test") -> EvalResult:
-        adapters = self.fed.model.new_adapters(self.shape, torch_generator(self.fed.seed, SERVER_KEY))
-        copy_into(adapters, self.fed.server)
-        return evaluate_windows(self.fed.model, adapters, self.fed.windows(client, split), self.fed.eval_batch)
+        return evaluate_windows(self.fed.model, self.state.adapters, self.fed.windows(client, split), self.fed.eval_batch)
 
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        return self.fed.shapes_of(client, self.fed.shared_names(client))
+        return {}
 
     def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        return self.upload_shapes(client)
+        return {}
 
     def round_flops(self, client: int) -> float:
-        return self.fed.round_flops(client)
+        return 0.0
+
+    def round_activation_bytes(self, client: int) -> float:
+        return 0.0
 
     def describe_client(self, client: int) -> str:
-        return f"LoRA r{self.spec.rank}, pooled data"
+        return describe_lora(self.shape) + ", pooled (one model)"
+
+    # --- remote execution: a replica's device only reports the run's length ----------------------
+    def remote_outcome(self, client: int) -> dict:
+        return {"total_rounds": self.total_rounds}
+
+    def absorb_remote_outcome(self, client: int, outcome: dict) -> None:
+        self.total_rounds = max(self.total_rounds, int(outcome["total_rounds"]))
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        tensors, meta = pack_client_state(self.state)
+        return {"tensors": {f"{CENTRAL}.{k}": v for k, v in tensors.items()}, "clients": {},
+                "meta": {CENTRAL: meta, "total_rounds": self.total_rounds}}
+
+    def load_state_dict(self, state: dict) -> None:
+        prefix = CENTRAL + "."
+        tensors = {k[len(prefix):]: v for k, v in state["tensors"].items() if k.startswith(prefix)}
+        self.state = unpack_client_state(self._fresh(), tensors, state["meta"][CENTRAL])
+        self.total_rounds = int(state["meta"]["total_rounds"])

@@ -1,8 +1,8 @@
 """CoMiGS: a mixture of generalist (shared) and specialist (private) LoRA experts per device.
 
 Variants (ALGORITHMS.md): 1g1s (E = 2: one generalist, one specialist), 1gxs (E from the
-device's budget, 2 … max_experts), 2g (both experts shared), 2s (both private). Attention LoRA
-is always shared. The router is always private. Experts train on the train split, routers on the
+device's budget, min_experts … max_experts; E = 1 is the generalist alone, no router), 2g (both
+experts shared), 2s (both private). Attention LoRA (rank `attn_rank`, 8 as in the paper) is always shared. The router is always private. Experts train on the train split, routers on the
 validation split every τ expert steps.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape
 from simfed.learn.aggregate import buffered_merge, deltas
-from simfed.learn.budget import experts_for_budget
+from simfed.learn.matching import device_shape
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
 from simfed.learn.methods.common import expert_index, is_attention, recipe_for
 from simfed.learn.methods.federation import AdapterFederation
@@ -43,17 +43,13 @@ class CoMiGS(Method):
 
         self.fed = AdapterFederation(model, recipe_for(spec, training, router_split), shared, training.eval_windows)
 
-    def _n_experts(self, client: ClientInfo) -> int:
-        if self.spec.variant != "1gxs":
-            return 2
-        b = client.budget
-        return experts_for_budget(b.memory_bytes, b.flops_per_s, self.spec.max_experts)
-
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        r = self.spec.rank
-        shapes = {c.client_id: AdapterShape(self._n_experts(c), r, r) for c in clients}
-        server_experts = 2 if self.spec.variant == "2g" else 1
-        self.fed.setup(clients, shapes, AdapterShape(server_experts, r, r), seed)
+        s = self.spec
+        # E per device (1GXS: from the budget, min_experts … max_experts; E = 1 is the generalist alone),
+        # expert rank `rank`, attention rank `attn_rank` (the paper: 8, whatever the expert rank)
+        shapes = {c.client_id: device_shape(s, c.budget.memory_bytes, c.budget.flops_per_s) for c in clients}
+        server_experts = 2 if s.variant == "2g" else 1
+        self.fed.setup(clients, shapes, AdapterShape(server_experts, s.rank, s.attn_rank), seed)
 
     def download(self, client: int) -> dict[str, torch.Tensor]:
         return self.fed.download(client)
@@ -62,7 +58,7 @@ class CoMiGS(Method):
         state = self.fed.store.get_or_create(client)
         if self.spec.lb_form == "generalist":
             for bank in state.adapters.banks():
-                bank.lb_coeff.copy_(generalist_coefficients(bank.n_experts))
+                bank.lb_coeff.copy_(generalist_coefficients(bank.n_experts, self.spec.lb_importance))
         return self.fed.local_update(client, received, plan)
 
     def aggregate(self, updates: list[Update], round_index: int) -> None:
@@ -92,4 +88,4 @@ class CoMiGS(Method):
 
     def describe_client(self, client: int) -> str:
         e = self.fed.shapes[client].n_experts
-        return {"2g": "2G", "2s": "2S"}.get(self.spec.variant, f"1G+{e - 1}S")
+        return {"2g": "2G", "2s": "2S"}.get(self.spec.variant, f"1G+{e - 1}S" if e > 1 else "1G")

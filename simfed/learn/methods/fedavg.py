@@ -1,9 +1,13 @@
-"""FedAvg (McMahan et al. 2017) on LoRA: one LoRA per device on attention and MLP, all of it shared."""
+"""FedAvg (McMahan et al. 2017) on LoRA: every adapter tensor shared, (weighted) mean at the server.
+
+Adapters by `match` (simfed/learn/matching.py): the paper's two averaged MLP LoRA experts (no
+router) plus attention LoRA, or with `match: none` one LoRA on attention and MLP."""
 from __future__ import annotations
 
 import torch
 
-from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.adapters import AdaptedModel
+from simfed.learn.matching import describe_lora, device_shape
 from simfed.learn.aggregate import buffered_merge, deltas
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
 from simfed.learn.methods.common import recipe_for
@@ -18,7 +22,7 @@ class FedAvg(Method):
         self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: True, training.eval_windows)
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
+        shape = device_shape(self.spec, 0.0, 0.0)  # the same for every device (simfed/learn/matching.py)
         self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
 
     def download(self, client: int) -> dict[str, torch.Tensor]:
@@ -53,4 +57,4 @@ class FedAvg(Method):
         return self.fed.round_flops(client)
 
     def describe_client(self, client: int) -> str:
-        return f"LoRA r{self.spec.rank}"
+        return describe_lora(self.fed.shapes[client])

@@ -125,8 +125,15 @@ class AdapterFederation:
             merged = sum((w / total) * t.double() for t, w in carriers)
             self.server[name] = merged.to(self.server[name].dtype)
 
+    def train_size(self, client: int) -> int:
+        """Tokens in the client's training split: its n_i in data-size weighting (FlexLoRA, and
+        `aggregation_weights: tokens`). Not `Update.n_tokens`, the tokens of one round, which is
+        local_steps × batch × seq_len for every device whatever its data."""
+        return int(len(self.clients[client].data.train))
+
     def client_weights(self, updates: list[Update], mode: str) -> list[float]:
-        return [float(u.n_tokens) if mode == "tokens" else 1.0 for u in updates]
+        """Per update: 1 (uniform) or, for `tokens`, the size n_i of its device's training split."""
+        return [float(self.train_size(u.client)) if mode == "tokens" else 1.0 for u in updates]
 
     def local_adapters(self, client: int) -> DeviceAdapters:
         """The model the client has now: its own state, or — never trained — the server's tensors
@@ -176,7 +183,7 @@ class AdapterFederation:
     def _router_phases(self, client: int) -> int:
         state = self.store.peek(client)
         step = state.global_step if state is not None else 0
-        if self.shapes[client].n_experts <= 1:
+        if not self.shapes[client].has_router:
             return 0
         return router_phases_in_round(step, self.recipe.local_steps, self.recipe.tau)
 

@@ -4,6 +4,7 @@ Only B trains and only B moves. A device receives the server's A once — with t
 that leads to a local update of it — and never sends A: its A equals the server init bit for bit
 for the whole run (A is not in its optimizer, so neither gradients nor weight decay touch it).
 Download = B (+ A the first time); upload = B; server: (weighted) mean of the B's.
+Matched to CoMiGS-1G1S as in the paper (`match: paper`): the MLP LoRA has rank 2·rank (16), attention 8.
 (The paper's reference code forgot to freeze A; ALGORITHMS.md asks for the real thing.)
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from simfed.learn.adapters import AdaptedModel, AdapterShape
 from simfed.learn.flops import ModelDims
 from simfed.learn.local_update import ADAM_BETAS, ClientState
+from simfed.learn.matching import device_shape
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import AdapterFederation, torch_generator
@@ -59,7 +61,7 @@ class FFALoRA(Method):
         return ClientState(adapters, opt, None)
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
+        shape = device_shape(self.spec, 0.0, 0.0)  # match paper: MLP rank 2·rank (simfed/learn/matching.py)
         self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
         self.fed.fresh_payload = lambda c: {n: t.clone() for n, t in self.fed.server.items()}
 
@@ -113,7 +115,7 @@ class FFALoRA(Method):
         return self.fed.round_flops(client) - r.local_steps * saved
 
     def describe_client(self, client: int) -> str:
-        return f"LoRA r{self.spec.rank}, A frozen"
+        return f"LoRA r{self.fed.shapes[client].mlp_rank}, A frozen"
 
     def state_dict(self) -> dict:
         state = self.fed.state_dict()

@@ -1,8 +1,10 @@
 """FlexLoRA (Bai et al. 2024): one LoRA per device at a budget rank; the server merges full updates by SVD.
 
-Device i holds rank r_i = `rank_for_budget` (the same rule as HetLoRA) at its own scaling
+Rank heterogeneity and the SVD merge are on the MLP LoRA only, as in the CoMiGS reference:
+attention LoRA has rank `attn_rank` (8) everywhere and is averaged uniformly, as in HetLoRA.
+Device i holds MLP rank r_i = `rank_for_budget` (the same rule as HetLoRA) at its own scaling
 s_i = alpha/√r_i, and uploads its (A_i, B_i). Per module the server forms
-ΔW = Σ_i (n_i/Σn)·s_i·B_i A_i (n_i = the update's training tokens), takes its SVD U S Vᵀ, and keeps
+ΔW = Σ_i (n_i/Σn)·s_i·B_i A_i (n_i = the size of device i's training split, in tokens), takes its SVD U S Vᵀ, and keeps
 the top r_max triplets as global factors U√S, √S Vᵀ (`aggregate.flexlora_aggregate`). Device j
 downloads the first r_j of them divided by √s_j (`aggregate.flexlora_redistribute`), so that
 s_j·B_j A_j = U_{r_j} S_{r_j} V_{r_j}ᵀ, the best rank-r_j approximation of ΔW. (The reference code
@@ -15,13 +17,13 @@ from __future__ import annotations
 import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape
-from simfed.learn.aggregate import flexlora_aggregate, flexlora_redistribute
-from simfed.learn.budget import rank_for_budget
+from simfed.learn.aggregate import flexlora_aggregate, flexlora_redistribute, weighted_mean
+from simfed.learn.matching import device_shape
 from simfed.learn.lora import rslora_scale
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import AdapterFederation
-from simfed.learn.methods.hetlora import truncate_state, truncated_shapes
+from simfed.learn.methods.hetlora import attention_part, mlp_part, truncate_state, truncated_shapes
 from simfed.learn.spec import MethodSpec, TrainingSpec
 
 State = dict[str, torch.Tensor]
@@ -38,24 +40,23 @@ class FlexLoRA(Method):
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
         s = self.spec
-        for c in clients:
-            b = c.budget
-            self.ranks[c.client_id] = rank_for_budget(
-                b.memory_bytes, b.flops_per_s, s.max_experts, s.rank, s.match, 2, s.min_rank, s.max_rank
-            )
+        shapes = {c.client_id: device_shape(s, c.budget.memory_bytes, c.budget.flops_per_s) for c in clients}
+        self.ranks = {c: shape.mlp_rank for c, shape in shapes.items()}
         self.max_rank = max(self.ranks.values())
-        shapes = {c: AdapterShape(1, r, r) for c, r in self.ranks.items()}
-        self.fed.setup(clients, shapes, AdapterShape(1, self.max_rank, self.max_rank), seed)
+        self.fed.setup(clients, shapes, AdapterShape(1, self.max_rank, s.attn_rank), seed)
         self.fed.fresh_payload = self.download  # a device that never trained holds its share of the server
 
     def scale(self, client: int) -> float:
+        """s_i = alpha/√r_i of the device's MLP LoRA."""
         return rslora_scale(self.fed.shapes[client].alpha, self.ranks[client])
 
     def download(self, client: int) -> State:
         rank = self.ranks[client]
         if not self.merged:  # the server init: a plain LoRA, truncated
             return truncate_state(self.fed.server, rank)
-        return flexlora_redistribute(self.fed.server, rank, self.scale(client))
+        out = flexlora_redistribute(mlp_part(self.fed.server), rank, self.scale(client))
+        out.update({n: t.clone() for n, t in attention_part(self.fed.server).items()})
+        return out
 
     def local_update(self, client: int, received: State, plan: LocalPlan) -> Update:
         update = self.fed.local_update(client, received, plan)
@@ -65,9 +66,11 @@ class FlexLoRA(Method):
         if not updates:
             return
         uploads = [u.upload for u in updates]
-        weights = [float(u.n_tokens) for u in updates]
+        weights = [float(self.fed.train_size(u.client)) for u in updates]  # n_i: training-split sizes
         scales = [self.scale(u.client) for u in updates]
-        self.fed.server = flexlora_aggregate(uploads, weights, scales, self.max_rank)
+        merged = flexlora_aggregate([mlp_part(u) for u in uploads], weights, scales, self.max_rank)
+        merged.update(weighted_mean([attention_part(u) for u in uploads]))  # attention: uniform mean
+        self.fed.server = merged
         self.merged = True
 
     def evaluate(self, client: int, split: Split = "test") -> EvalResult:
@@ -83,7 +86,7 @@ class FlexLoRA(Method):
         return self.fed.round_flops(client)
 
     def describe_client(self, client: int) -> str:
-        return f"rank {self.ranks[client]}"
+        return f"MLP rank {self.ranks[client]}"
 
     def state_dict(self) -> dict:
         state = self.fed.state_dict()

@@ -1,9 +1,11 @@
-"""HetLoRA (Cho et al. 2023): one LoRA per device with a rank sized to its budget.
+"""HetLoRA (Cho et al. 2023): one LoRA per device on the MLP with a rank sized to its budget.
 
-The server holds every LoRA at r_max. Download truncates to the device's current rank; upload is
+Rank heterogeneity is on the MLP only, as in the CoMiGS reference: attention LoRA has rank
+`attn_rank` (8) on every device and is averaged uniformly; only the MLP LoRA below is per device.
+The server holds every MLP LoRA at r_max. Download truncates it to the device's current rank; upload is
 the device's rank-r_i pair; aggregation zero-pads A (rows) and B (columns) to r_max and weights
 devices by their update's norm (paper: ‖B_i A_i‖_F per module; option: the reference code's
-per-matrix norms). Self-pruning: the device trains with λ_p·Σ ‖A[⌊γr⌋:r]‖·‖B[:,⌊γr⌋:r]‖ added to
+per-matrix norms). Self-pruning looks at, and prunes, the MLP LoRA only. Self-pruning: the device trains with λ_p·Σ ‖A[⌊γr⌋:r]‖·‖B[:,⌊γr⌋:r]‖ added to
 its loss; after a round (never the first) the server lowers a device's rank by one when the tail
 norm of its upload is below the tail norm of the global model it received, at the same slices.
 Pruned slices stay zero on the device (they also get no gradient: A's pruned rows meet zero B
@@ -16,9 +18,10 @@ import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape, DeviceAdapters
 from simfed.learn.aggregate import (
-    hetlora_aggregate, hetlora_buffered_merge, lora_modules, tail_norm, tail_start, truncate_rank, zero_pad_rank,
+    buffered_merge, deltas, hetlora_aggregate, hetlora_buffered_merge, lora_modules, tail_norm, tail_start,
+    truncate_rank, weighted_mean, zero_pad_rank,
 )
-from simfed.learn.budget import rank_for_budget
+from simfed.learn.matching import device_shape
 from simfed.learn.lora import StackedLoRA
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
 from simfed.learn.methods.common import recipe_for
@@ -29,33 +32,54 @@ from simfed.learn.store import pack_states, unpack_states
 State = dict[str, torch.Tensor]
 
 
+def is_mlp(name: str) -> bool:
+    return ".mlp." in name
+
+
+def mlp_part(state: State) -> State:
+    """The MLP LoRA tensors: the rank-heterogeneous part."""
+    return {n: t for n, t in state.items() if is_mlp(n)}
+
+
+def attention_part(state: State) -> State:
+    """The attention LoRA tensors: rank `attn_rank` everywhere, averaged uniformly."""
+    return {n: t for n, t in state.items() if not is_mlp(n)}
+
+
 def truncated_shapes(state: State, rank: int) -> dict[str, tuple[int, ...]]:
     """Shapes of `truncate_state(state, rank)` without copying any tensor (the engine asks per device-round)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for m in lora_modules(state):
+    shapes: dict[str, tuple[int, ...]] = {n: tuple(t.shape) for n, t in attention_part(state).items()}
+    for m in lora_modules(mlp_part(state)):
         shapes[f"{m}.lora_A"] = (min(rank, state[f"{m}.lora_A"].shape[0]), state[f"{m}.lora_A"].shape[1])
         shapes[f"{m}.lora_B"] = (state[f"{m}.lora_B"].shape[0], min(rank, state[f"{m}.lora_B"].shape[1]))
     return shapes
 
 
 def truncate_state(state: State, rank: int) -> State:
-    out: State = {}
-    for m in lora_modules(state):
+    """The MLP LoRA truncated to `rank`; attention LoRA as it is (copied)."""
+    out: State = {n: t.clone() for n, t in attention_part(state).items()}
+    for m in lora_modules(mlp_part(state)):
         out[f"{m}.lora_A"], out[f"{m}.lora_B"] = truncate_rank(state[f"{m}.lora_A"], state[f"{m}.lora_B"], rank)
     return out
 
 
 def pad_state(state: State, rank: int) -> State:
-    out: State = {}
-    for m in lora_modules(state):
+    """The MLP LoRA zero-padded to `rank`; attention LoRA as it is."""
+    out: State = dict(attention_part(state))
+    for m in lora_modules(mlp_part(state)):
         out[f"{m}.lora_A"], out[f"{m}.lora_B"] = zero_pad_rank(state[f"{m}.lora_A"], state[f"{m}.lora_B"], rank)
     return out
+
+
+def mlp_loras(adapters: DeviceAdapters) -> list[StackedLoRA]:
+    """The device's MLP LoRA modules (every layer's input-side and output-side linears)."""
+    return [lora for bank in adapters.banks() for lora in (*bank.ups, bank.down)]
 
 
 def prune_decisions(
     uploads: dict[int, State], received: dict[int, State], ranks: dict[int, int], gamma: float, round_index: int
 ) -> dict[int, int]:
-    """The new rank of every reporting device: one lower when its tail norm is below the global's."""
+    """The new rank of every reporting device: one lower when its MLP tail norm is below the global's."""
     new = dict(ranks)
     if round_index == 0:
         return new
@@ -63,7 +87,7 @@ def prune_decisions(
         r = ranks[client]
         if r <= 1:
             continue
-        if float(tail_norm(upload, r, gamma)) < float(tail_norm(received[client], r, gamma)):
+        if float(tail_norm(mlp_part(upload), r, gamma)) < float(tail_norm(mlp_part(received[client]), r, gamma)):
             new[client] = r - 1
     return new
 
@@ -80,15 +104,11 @@ class HetLoRA(Method):
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
         s = self.spec
-        for c in clients:
-            b = c.budget
-            self.initial_ranks[c.client_id] = rank_for_budget(
-                b.memory_bytes, b.flops_per_s, s.max_experts, s.rank, s.match, 2, s.min_rank, s.max_rank
-            )
+        shapes = {c.client_id: device_shape(s, c.budget.memory_bytes, c.budget.flops_per_s) for c in clients}
+        self.initial_ranks = {c: shape.mlp_rank for c, shape in shapes.items()}
         self.ranks = dict(self.initial_ranks)
         self.max_rank = max(self.initial_ranks.values())
-        shapes = {c: AdapterShape(1, r, r) for c, r in self.initial_ranks.items()}
-        self.fed.setup(clients, shapes, AdapterShape(1, self.max_rank, self.max_rank), seed)
+        self.fed.setup(clients, shapes, AdapterShape(1, self.max_rank, s.attn_rank), seed)
         self.fed.fresh_payload = lambda c: pad_state(self.download(c), self.initial_ranks[c])
 
     def download(self, client: int) -> State:
@@ -109,17 +129,15 @@ class HetLoRA(Method):
             k = tail_start(rank, gamma)
             terms = [
                 torch.linalg.norm(m.lora_A[0, k:rank]) * torch.linalg.norm(m.lora_B[0, :, k:rank])
-                for m in adapters.modules()
-                if isinstance(m, StackedLoRA)
+                for m in mlp_loras(adapters)
             ]
             return lam * torch.stack(terms).sum()
 
         def keep_pruned_zero(adapters: DeviceAdapters) -> None:
             with torch.no_grad():
-                for m in adapters.modules():
-                    if isinstance(m, StackedLoRA):
-                        m.lora_A[:, rank:].zero_()
-                        m.lora_B[:, :, rank:].zero_()
+                for m in mlp_loras(adapters):
+                    m.lora_A[:, rank:].zero_()
+                    m.lora_B[:, :, rank:].zero_()
 
         update = self.fed.local_update(client, padded, plan, regulariser if lam > 0 else None, keep_pruned_zero)
         upload = truncate_state(update.upload, rank)
@@ -129,21 +147,26 @@ class HetLoRA(Method):
         if not updates:
             return
         uploads = [u.upload for u in updates]
-        self.fed.server = hetlora_aggregate(uploads, self.max_rank, self.spec.norm_weighting)
+        merged = hetlora_aggregate([mlp_part(u) for u in uploads], self.max_rank, self.spec.norm_weighting)
+        merged.update(weighted_mean([attention_part(u) for u in uploads]))  # attention: uniform mean
+        self.fed.server = merged
         received = {u.client: self._received.pop(u.client) for u in updates if u.client in self._received}
         reporting = {u.client: u.upload for u in updates if u.client in received}
         self.ranks = prune_decisions(reporting, received, self.ranks, self.spec.prune_gamma, round_index)
 
     def aggregate_async(self, updates: list[Update], bases: list[State], weights: list[float],
                         round_index: int) -> None:
-        """FedBuff/FedAsync: deltas at each device's rank, zero-padded to r_max, weighted by the
-        synchronous norm weights × the staleness weights (`hetlora_buffered_merge`); self-pruning
-        as in `aggregate`, against the payload each device received."""
+        """FedBuff/FedAsync: MLP deltas at each device's rank, zero-padded to r_max, weighted by the
+        synchronous norm weights × the staleness weights (`hetlora_buffered_merge`); attention deltas
+        by the staleness weights alone; self-pruning as in `aggregate`, against the payload each
+        device received."""
         if not updates:
             return
         uploads = [u.upload for u in updates]
-        self.fed.server = hetlora_buffered_merge(self.fed.server, uploads, bases, weights, self.max_rank,
-                                                 self.spec.norm_weighting, self.spec.server_lr)
+        server = hetlora_buffered_merge(self.fed.server, [mlp_part(u) for u in uploads], [mlp_part(b) for b in bases],
+                                        weights, self.max_rank, self.spec.norm_weighting, self.spec.server_lr)
+        attention = deltas([attention_part(u) for u in uploads], [attention_part(b) for b in bases])
+        self.fed.server = buffered_merge(server, attention, list(weights), self.spec.server_lr)
         received = {u.client: self._received.pop(u.client) for u in updates if u.client in self._received}
         reporting = {u.client: u.upload for u in updates if u.client in received}
         self.ranks = prune_decisions(reporting, received, self.ranks, self.spec.prune_gamma, round_index)
@@ -161,7 +184,7 @@ class HetLoRA(Method):
         return self.fed.round_flops(client)
 
     def describe_client(self, client: int) -> str:
-        return f"rank {self.ranks[client]}"
+        return f"MLP rank {self.ranks[client]}"
 
     def remote_context(self, client: int) -> dict:
         return {"rank": self.ranks[client]}

@@ -19,6 +19,7 @@ import dataclasses
 import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.matching import device_shape
 from simfed.learn.flops import round_flops
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
 from simfed.learn.methods.comigs import generalist_coefficients
@@ -49,11 +50,10 @@ class JointMoE(Method):
         self.server_experts = max(len(shared_experts), 1)
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        r = self.spec.rank
-        self.fed.setup(
-            clients, {c.client_id: AdapterShape(N_EXPERTS, r, r) for c in clients},
-            AdapterShape(self.server_experts, r, r), seed,
-        )
+        s = self.spec
+        shapes = {c.client_id: device_shape(s, c.budget.memory_bytes, c.budget.flops_per_s) for c in clients}
+        assert all(shape.n_experts == N_EXPERTS for shape in shapes.values())
+        self.fed.setup(clients, shapes, AdapterShape(self.server_experts, s.rank, s.attn_rank), seed)
 
     def download(self, client: int) -> dict[str, torch.Tensor]:
         return self.fed.download(client)
@@ -62,7 +62,7 @@ class JointMoE(Method):
         state = self.fed.store.get_or_create(client)
         if self.spec.lb_form == "generalist":
             for bank in state.adapters.banks():
-                bank.lb_coeff.copy_(generalist_coefficients(bank.n_experts))
+                bank.lb_coeff.copy_(generalist_coefficients(bank.n_experts, self.spec.lb_importance))
         return self.fed.local_update(client, received, plan)
 
     def aggregate(self, updates: list[Update], round_index: int) -> None:

@@ -1,9 +1,13 @@
-"""Local: one LoRA per device, trained on its own data, never communicated (a lower anchor)."""
+"""Local: LoRA per device, trained on its own data, never communicated (a lower anchor).
+
+Adapters by `match` (simfed/learn/matching.py): the paper's two averaged MLP LoRA experts (no
+router) plus attention LoRA, or with `match: none` one LoRA on attention and MLP."""
 from __future__ import annotations
 
 import torch
 
-from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.adapters import AdaptedModel
+from simfed.learn.matching import describe_lora, device_shape
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import AdapterFederation
@@ -17,7 +21,7 @@ class Local(Method):
         self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: False, training.eval_windows)
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
+        shape = device_shape(self.spec, 0.0, 0.0)  # the same for every device (simfed/learn/matching.py)
         self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
 
     def download(self, client: int) -> dict[str, torch.Tensor]:
@@ -42,4 +46,4 @@ class Local(Method):
         return self.fed.round_flops(client)
 
     def describe_client(self, client: int) -> str:
-        return f"LoRA r{self.spec.rank}"
+        return describe_lora(self.fed.shapes[client])

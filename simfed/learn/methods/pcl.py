@@ -1,17 +1,21 @@
 """PCL, client-level collaboration (Wagner et al. 2024): devices mix their peers' models by validation perplexity.
 
-No shared init: every device starts from its own adapters (one LoRA of `rank`, attention and MLP)
-and trains locally. A collaboration happens at the start of round r whenever r ≥ pcl_start and
-(r − pcl_start) % pcl_every == 0 (0-based rounds; defaults 4, 2: rounds 4, 6, 8, …):
+No shared init: every device starts from its own adapters (by `match`: the paper's two averaged
+MLP LoRA experts plus attention LoRA, or one LoRA) and trains locally. The devices collaborate
+AFTER training in round r whenever r ≥ pcl_start and (r − pcl_start) % pcl_every == 0 (0-based
+rounds; defaults 4, 2: after rounds 4, 6, 8, … — the reference's `epoch > 3 and epoch % 2 == 0`).
+A round has one download and one upload, so the mix completes at the start of round r + 1:
 
-- round r−1: every device that trains uploads its whole adapter state after training;
-- the server only relays: round r's download to device i is every OTHER device's model from
-  round r−1 (`peers.<j>.<tensor name>`), i.e. N−1 models — all-to-all traffic through the server;
+- round r: every device that trains uploads its whole adapter state after training;
+- the server only relays: round r+1's download to device i is every OTHER device's model from
+  round r (`peers.<j>.<tensor name>`), i.e. N−1 models — all-to-all traffic through the server;
 - device i evaluates the N models (the N−1 peers and its own) on its OWN validation split,
   W[i, j] = softmax_j(−ppl_ij), replaces its adapters with Σ_j W[i, j] θ_j, then trains as usual.
+  (The models mixed are those of the end of round r, as in the reference; a mix after the run's
+  last round would change nothing measured and never happens.)
 
-Bytes: `upload_shapes` is the full model in the rounds before a collaboration and empty otherwise;
-`download_shapes` is the N−1 relayed models in a collaboration round and empty otherwise. The
+Bytes: `upload_shapes` is the full model in a collaboration round and empty otherwise;
+`download_shapes` is the N−1 relayed models in the round after one and empty otherwise. The
 FLOPs of a collaboration round add the N forward passes over the validation windows. Peers that
 did not report in round r−1 are simply absent from i's mix (the row is over who is there).
 """
@@ -19,10 +23,11 @@ from __future__ import annotations
 
 import torch
 
-from simfed.learn.adapters import AdaptedModel, AdapterShape, copy_into
+from simfed.learn.adapters import AdaptedModel, copy_into
 from simfed.learn.aggregate import softmax_neg, weighted_mean
 from simfed.learn.evaluate import evaluate_windows
 from simfed.learn.flops import forward_flops
+from simfed.learn.matching import describe_lora, device_shape
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import AdapterFederation, torch_generator
@@ -57,18 +62,23 @@ class PCL(Method):
         self.mixing: dict[int, tuple[int, list[int], list[float], list[float]]] = {}
 
     def collaborates(self, round_index: int) -> bool:
+        """Whether the devices mix their models after training in round `round_index`."""
         s = self.spec
         return round_index >= s.pcl_start and (round_index - s.pcl_start) % s.pcl_every == 0
 
+    def mixes_at_start(self, round_index: int) -> bool:
+        """Whether round `round_index` opens with a mix (of the models of the round before)."""
+        return round_index >= 1 and self.collaborates(round_index - 1)
+
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
+        shape = device_shape(self.spec, 0.0, 0.0)
         self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
         probe = self.fed.model.new_adapters(shape, torch.Generator().manual_seed(0))
         self.model_shapes = {n: tuple(t.shape) for n, t in probe.views().items()}  # one device's model
 
     # --- what moves ----------------------------------------------------------------------------
     def _peers(self, client: int) -> list[int]:
-        return sorted(j for j in self.relay if j != client) if self.collaborates(self.round) else []
+        return sorted(j for j in self.relay if j != client) if self.mixes_at_start(self.round) else []
 
     def download(self, client: int) -> State:
         return {peer_name(j, n): t.clone() for j in self._peers(client) for n, t in self.relay[j].items()}
@@ -77,7 +87,7 @@ class PCL(Method):
         return {peer_name(j, n): tuple(t.shape) for j in self._peers(client) for n, t in self.relay[j].items()}
 
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        if not self.collaborates(self.round + 1):
+        if not self.collaborates(self.round):
             return {}
         return dict(self.model_shapes)
 
@@ -108,15 +118,15 @@ class PCL(Method):
             self.mix(client, split_peers(received))
         update = self.fed.local_update(client, {}, plan)
         upload: State = {}
-        if self.collaborates(self.round + 1):
+        if self.collaborates(self.round):
             views = self.fed.local_adapters(client).views()
             upload = {n: t.detach().clone() for n, t in views.items()}
         return Update(client, upload, update.n_tokens, update.train_loss, update.extra)
 
     # --- server ------------------------------------------------------------------------------
     def aggregate(self, updates: list[Update], round_index: int) -> None:
-        """The server only relays: it keeps the models uploaded before a collaboration round."""
-        if self.collaborates(round_index + 1):
+        """The server only relays: it keeps the models uploaded in a collaboration round."""
+        if self.collaborates(round_index):
             self.relay = {u.client: u.upload for u in updates if u.upload}
         self.round = round_index + 1
 
@@ -132,7 +142,7 @@ class PCL(Method):
         return flops
 
     def describe_client(self, client: int) -> str:
-        return f"LoRA r{self.spec.rank}, PCL"
+        return describe_lora(self.fed.shapes[client]) + ", PCL"
 
     def remote_context(self, client: int) -> dict:
         return {"round": self.round}
