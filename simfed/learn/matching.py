@@ -65,7 +65,7 @@ def matching_rule(spec: MethodSpec) -> str:
     if kind == "pretrained":
         return "none (no adapters)"
     if kind == "comigs" or kind in MOE_KINDS:
-        experts = "E from the budget" if kind == "comigs" and spec.variant == "1gxs" else "E = 2"
+        experts = "E (from the budget)" if kind == "comigs" and spec.variant == "1gxs" else "E = 2"
         return f"reference (the model baselines match): {experts} MLP experts of rank {r}, attention rank {a}"
     if kind in RANKED_KINDS:
         rule = {"paper": "paper (= full)", "full": "full", "active": "active", "none": "none"}[spec.match]

@@ -47,7 +47,7 @@ def test_one_model_one_optimizer_pooled_batches(tiny_gpt2, toy_data, monkeypatch
     params = local_update.optimised(state.expert_opt)
     assert {id(p) for p in params} == {id(p) for p in state.adapters.parameters()}
     assert all(int(state.expert_opt.state[p]["step"]) == ROUNDS * TRAINING.local_steps for p in params)
-    assert len(method.fed.store) == 0  # no device holds a state of its own
+    assert not hasattr(method, "fed") and len(method.pool.store) == 0  # no device holds a state of its own
     # every step one pooled batch of N × batch_size windows, each a slice of the pooled training tokens
     assert len(seen) == ROUNDS * TRAINING.local_steps
     pooled = np.concatenate([toy_data[0].train, toy_data[1].train])

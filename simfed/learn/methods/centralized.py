@@ -44,22 +44,22 @@ class Centralized(Method):
         self.name = spec.name
         self.spec = spec
         self.shape = device_shape(spec, 0.0, 0.0)
-        # evaluation windows and the base model; no device holds adapters (nothing is shared)
-        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: False, training.eval_windows)
-        self.recipe = self.fed.recipe
+        # evaluation windows and the base model (not named `fed`: no device holds adapters of its own)
+        self.pool = AdapterFederation(model, recipe_for(spec, training), lambda name: False, training.eval_windows)
+        self.recipe = self.pool.recipe
         self.state: ClientState | None = None
         self.train = self.val = np.zeros(0, dtype=np.int32)
         self.total_rounds = 0  # the run's rounds (for the lr schedule), from the devices' plans
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        self.fed.setup(clients, {}, self.shape, seed)
+        self.pool.setup(clients, {}, self.shape, seed)
         self.train, self.val = pooled_split(clients, "train"), pooled_split(clients, "val")
         # one pooled batch a step: every device's batch_size sequences (the paper: 4 × 64 = 256)
-        self.recipe = dataclasses.replace(self.fed.recipe, batch_size=self.fed.recipe.batch_size * len(clients))
+        self.recipe = dataclasses.replace(self.pool.recipe, batch_size=self.pool.recipe.batch_size * len(clients))
         self.state = self._fresh()
 
     def _fresh(self) -> ClientState:
-        adapters = self.fed.model.new_adapters(self.shape, torch_generator(self.fed.seed, SERVER_KEY))
+        adapters = self.pool.model.new_adapters(self.shape, torch_generator(self.pool.seed, SERVER_KEY))
         return new_client_state(adapters, self.recipe)
 
     def download(self, client: int) -> dict[str, torch.Tensor]:
@@ -80,11 +80,11 @@ class Centralized(Method):
         def progress_at(step: int) -> float:
             return (round_index * steps + step) / total
 
-        train_locally(self.fed.model, self.state, self.train, self.val, self.recipe, progress_at,
-                      batch_rng(self.fed.seed, SERVER_KEY, round_index, 0))
+        train_locally(self.pool.model, self.state, self.train, self.val, self.recipe, progress_at,
+                      batch_rng(self.pool.seed, SERVER_KEY, round_index, 0))
 
     def evaluate(self, client: int, split: Split = "test") -> EvalResult:
-        return evaluate_windows(self.fed.model, self.state.adapters, self.fed.windows(client, split), self.fed.eval_batch)
+        return evaluate_windows(self.pool.model, self.state.adapters, self.pool.windows(client, split), self.pool.eval_batch)
 
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
         return {}

@@ -5,9 +5,10 @@ Rank heterogeneity is on the MLP only, as in the CoMiGS reference: attention LoR
 The server holds every MLP LoRA at r_max. Download truncates it to the device's current rank; upload is
 the device's rank-r_i pair; aggregation zero-pads A (rows) and B (columns) to r_max and weights
 devices by their update's norm (paper: ‖B_i A_i‖_F per module; option: the reference code's
-per-matrix norms). Self-pruning looks at, and prunes, the MLP LoRA only. Self-pruning: the device trains with λ_p·Σ ‖A[⌊γr⌋:r]‖·‖B[:,⌊γr⌋:r]‖ added to
-its loss; after a round (never the first) the server lowers a device's rank by one when the tail
-norm of its upload is below the tail norm of the global model it received, at the same slices.
+per-matrix norms). Self-pruning (on the MLP LoRA only): the device trains with
+λ_p·Σ ‖A[⌊γr⌋:r]‖·‖B[:,⌊γr⌋:r]‖ added to its loss; after a round (never the first) the server
+lowers a device's rank by one when the tail norm of its upload is below the tail norm of the global
+model it received, at the same slices.
 Pruned slices stay zero on the device (they also get no gradient: A's pruned rows meet zero B
 columns). Each device keeps its initial scaling s = alpha/√r_i0: pruning zeroes slices rather than
 re-scaling the rest.
