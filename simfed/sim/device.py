@@ -58,7 +58,7 @@ class Devices:
         self.client_timeout_s: float | None = None  # server.client_timeout_s (async): a cut device's slot is held
         self.lost_slots = 0  # async: cut devices the server has not yet timed out
         self.energy_model: EnergyModel = "per_unit"  # world.energy_model (simfed/sim/energy.py)
-        self.recovery_to_next_period = False  # dropout.recovery: next_period (else the drawn recovery_s)
+        self.recovery_modes: list[str] = ["none"] * len(profiles)  # per device: next_period | exponential | none
         self.waste_by_method = False  # world.waste: by_method (RoundCost.kept_share decides what a kept training wastes)
 
     def __len__(self) -> int:
@@ -249,11 +249,11 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
         emit(SimEvent(env.now, "upload_end", r, d, bytes=cost.upload_bytes, seconds=spend.transfer.seconds,
                       energy_j=upload_energy))
     except Interrupt as cut:
-        recovery_s = None
-        if cut.cause == "hazard" and device.recovery_s > 0:
+        recovery_s, mode = None, device.devices.recovery_modes[d]
+        if cut.cause == "hazard" and mode != "none" and device.recovery_s > 0:
             recovery_s = device.recovery_s
             period_end = float(device.devices.presence.until[d])
-            if device.devices.recovery_to_next_period and math.isfinite(period_end):
+            if mode == "next_period" and math.isfinite(period_end):
                 recovery_s = period_end - env.now  # the rest of its ready period is lost
         held_s = device.devices.hold_slot(d, dispatched_at)
         emit(dataclasses.replace(dropped_event(env.now, r, device, spend, str(cut.cause), cost),

@@ -18,6 +18,14 @@ from simfed.sim.workload import Workload
 Observer = Callable[[SimEvent], None]
 
 
+AUTO_RECOVERY = {"always_on": "exponential", "markov": "next_period", "diurnal": "next_period", "trace": "none"}
+
+
+def recovery_mode(recovery: str, availability_kind: str) -> str:
+    """A device's recovery after a hazard dropout (DropoutSpec.recovery), `auto` resolved by its availability."""
+    return AUTO_RECOVERY[availability_kind] if recovery == "auto" else recovery
+
+
 class Engine:
     """Runs the server's rounds (synchronous, or asynchronous aggregations for fedbuff/fedasync)
     over `fleet` until `world.server.rounds` rounds are done or `max_sim_time_s` passes. Work
@@ -54,7 +62,8 @@ class Engine:
         devices.excluded[self.excluded] = True
         devices.refuse_late = spec.policy == "sync" and spec.late_reports == "refuse"
         devices.energy_model = self.world.energy_model
-        devices.recovery_to_next_period = self.world.dropout.recovery == "next_period"
+        devices.recovery_modes = [recovery_mode(self.world.dropout.recovery, spec_.kind)
+                                  for spec_ in self._availability_specs()]
         devices.waste_by_method = self.world.waste == "by_method"
         devices.client_timeout_s = spec.client_timeout_s if spec.policy != "sync" else None
         policy = server if spec.policy == "sync" else async_server

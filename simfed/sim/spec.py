@@ -162,12 +162,16 @@ class DropoutSpec(_Strict):
     # In deployed FL a dropout is mostly a device that stops being eligible (unplugged, off Wi-Fi,
     # in use; Bonawitz et al. 2019), so after a hazard dropout the device is not selectable until:
     #   next_period  its availability timeline's next online period: the rest of its current ready
-    #                period is lost, and it comes back when its trace / diurnal clock / Markov chain
+    #                period is lost, and it comes back when its diurnal clock / Markov chain / trace
     #                says it is ready again; a device whose online period never ends (always_on)
-    #                is offline for an exponential time of mean recovery_mean_s instead (default)
+    #                is offline for an exponential time of mean recovery_mean_s instead
     #   exponential  an exponential time of mean recovery_mean_s, whatever its timeline
     #   none         at once (the old model; so does recovery_mean_s 0)
-    recovery: Literal["next_period", "exponential", "none"] = "next_period"
+    #   auto         (default) by the device's availability: always_on -> exponential (nothing else
+    #                says when it is eligible again), markov and diurnal -> next_period (the model's
+    #                ready period ends with the dropout), trace -> none (the recorded trace already
+    #                says when the device was eligible; a hazard cut on top is a failure of the work)
+    recovery: Literal["auto", "next_period", "exponential", "none"] = "auto"
     # Default: FLASH (Yang et al. 2021), 1,000-client sample: the not-ready gaps between
     # ready periods have a median of 8.5 min and a mean of 3.43 h = 12,352 s (p90 11.7 h; 12,591
     # gaps); an exponential with that mean keeps the long-run time offline (its median, 2.4 h, is

@@ -41,7 +41,7 @@ world:
   fleet:
     - {{count: 3, tier: phone_mid, link: wifi_home, flops_per_s: 4.0e7}}
     - {{count: 2, tier: phone_low, link: lte, flops_per_s: 1.0e7}}
-  dropout: {{hazard_per_hour: 200.0}}
+  dropout: {{hazard_per_hour: 200.0, recovery_mean_s: 5.0}}  # a dropped device is back ~5 s later: the world stays lossy
   server: {{rounds: {rounds}, target_per_round: 3, over_selection: 1.3, deadline_s: 5.0}}
 """
 METHODS = """\

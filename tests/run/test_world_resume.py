@@ -34,7 +34,7 @@ world:
   fleet:
     - {{count: 4, tier: test_phone, link: wifi_home}}
     - {{count: 2, tier: phone_low, link: lte, flops_per_s: 1.0e7}}
-  dropout: {{hazard_per_hour: 300.0}}
+  dropout: {{hazard_per_hour: 300.0, recovery_mean_s: 5.0}}
   server: {{rounds: 5, target_per_round: 3, over_selection: 1.3, deadline_s: 5.0}}
 """
 TIER = "test_phone: {{flops_per_s: {flops}, memory_gb: 6, joules_per_flop: 1.0e-10, sigma: 0.5, source: test}}\n"

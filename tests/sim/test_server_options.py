@@ -45,11 +45,12 @@ def test_a_hazard_dropped_device_is_not_selectable_until_its_recovery_ends(mean_
         assert back > 100.0  # the draw is long enough here to show: nobody picks it while it recovers
 
 
-@pytest.mark.parametrize("recovery, second_start", [("none", 10.0), ("next_period", 100.0)])
+@pytest.mark.parametrize("recovery, second_start", [("none", 10.0), ("next_period", 100.0), ("auto", 10.0)])
 def test_next_period_recovery_loses_the_rest_of_the_ready_period(tmp_path, recovery, second_start):
     # the trace says ready from sim 0 to 50 s and from 100 s on; the hazard cuts device 0 in its
     # first round (before 4 s), which closes at its 10 s deadline. Back at once, it is picked again
-    # at 10 s; under next_period it has lost the rest of its 0-50 s period and is back at 100 s
+    # at 10 s; under next_period it has lost the rest of its 0-50 s period and is back at 100 s;
+    # auto treats a trace device as none (the trace says when it is eligible)
     seed = first_seed_dropping_in_round_0(3600.0, 4.0)
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"x": {"trace_start": 100.0, "trace_end": 100.0 + 86400.0,
@@ -61,7 +62,7 @@ def test_next_period_recovery_loses_the_rest_of_the_ready_period(tmp_path, recov
     drop = of_kind(events, "dropped")[0]
     assert (drop.round, drop.reason) == (0, "hazard")
     assert [e.t for e in of_kind(events, "round_start")] == [0.0, second_start]
-    assert drop.recovery_s == (None if recovery == "none" else 50.0 - drop.t)
+    assert drop.recovery_s == (50.0 - drop.t if recovery == "next_period" else None)
 
 
 def test_recovery_draws_are_exponential_with_the_stated_mean():
@@ -158,3 +159,18 @@ def test_throttling_slows_compute_after_the_tiers_sustained_load():
     off = WorldSpec.model_validate({"fleet": [ALWAYS]})
     assert (build_fleet(on, 0)[0].throttle_after_s, build_fleet(on, 0)[0].throttle_factor) == (450.0, 0.7)
     assert (build_fleet(off, 0)[0].throttle_after_s, build_fleet(off, 0)[0].throttle_factor) == (math.inf, 1.0)
+
+
+def test_auto_recovery_follows_the_availability_kind():
+    from simfed.sim.engine import recovery_mode
+
+    assert [recovery_mode("auto", k) for k in ("always_on", "markov", "diurnal", "trace")] == [
+        "exponential", "next_period", "next_period", "none"]
+    assert recovery_mode("exponential", "trace") == "exponential"
+    # an always-on device under auto: offline for its exponential draw (as test above with exponential)
+    seed = first_seed_dropping_in_round_0(3600.0, 4.0)
+    spec = with_dropout(world([ALWAYS], rounds=2, target_per_round=1, deadline_s=100.0),
+                        hazard_per_hour=3600.0, recovery="auto", recovery_mean_s=1000.0)
+    events, _, _, _ = run(spec, seed=seed, fleet=[plain_device(0)])
+    drop = of_kind(events, "dropped")[0]
+    assert drop.recovery_s == recovery_seconds(seed, 0, 0, 1000.0)
