@@ -37,6 +37,7 @@ from simfed.learn.budget import experts_for_budget, rank_for_budget
 from simfed.learn.flops import ModelDims, round_activation_bytes, round_flops, router_phases_in_round
 from simfed.learn.lora import linear_dims
 from simfed.learn.memory import DTYPE_BYTES, SHRINK_STEPS, memory_need
+from simfed.learn.methods.common import recipe_for
 from simfed.learn.model_card import ModelCard, load_card
 from simfed.learn.spec import MethodSpec, TrainingSpec
 from simfed.run.payload import element_size
@@ -149,14 +150,14 @@ class DryMethod:
         return attn + expert  # hetlora (at the device's rank), fedavg: everything, one expert, no router
 
     def round_flops(self, shape: AdapterShape, global_step: int) -> float:
-        t, s = self.training, self.spec
-        phases = router_phases_in_round(global_step, t.local_steps, s.tau) if shape.n_experts > 1 else 0
-        return round_flops(self.dims, shape, t.batch_size, t.seq_len, t.local_steps, phases, s.router_steps)
+        r = recipe_for(self.spec, self.training)
+        phases = router_phases_in_round(global_step, r.local_steps, r.tau) if shape.n_experts > 1 else 0
+        return round_flops(self.dims, shape, r.batch_size, r.seq_len, r.local_steps, phases, r.router_steps)
 
     def round_activation_bytes(self, shape: AdapterShape, global_step: int) -> float:
-        t, s = self.training, self.spec
-        phases = router_phases_in_round(global_step, t.local_steps, s.tau) if shape.n_experts > 1 else 0
-        return round_activation_bytes(self.dims, shape, t.batch_size, t.seq_len, t.local_steps, phases, s.router_steps)
+        r = recipe_for(self.spec, self.training)
+        phases = router_phases_in_round(global_step, r.local_steps, r.tau) if shape.n_experts > 1 else 0
+        return round_activation_bytes(self.dims, shape, r.batch_size, r.seq_len, r.local_steps, phases, r.router_steps)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from simfed.errors import SimfedError
-from simfed.learn.methods.base import ClientInfo, LocalPlan, Method, Update
+from simfed.learn.methods.base import ClientInfo, LocalPlan, Method, Replicable, Update
 
 
 class ExecutorError(SimfedError):
@@ -141,11 +141,10 @@ class RayExecutor:
         self.method: Method | None = None
 
     def bind(self, method: Method, method_index: int, clients: list[ClientInfo], seed: int) -> None:
-        if not method.remote_ready:
-            raise ExecutorError(f"method {method.name!r} cannot run on the 'ray' executor (use executor: local)")
-        spec = getattr(method, "spec", None)
-        if spec is None:
-            raise ExecutorError(f"method {method.name!r} has no spec to rebuild it on a worker")
+        if not isinstance(method, Replicable):
+            raise ExecutorError(f"method {method.name!r} cannot run on the 'ray' executor: its class is not "
+                                "Replicable (simfed/learn/methods/base.py); use executor: local")
+        spec = method.spec
         self.method = method
         clients_ref = self.ray.put(clients)
         for actor in self.actors:  # an actor runs its calls in order: every later `run` finds the replica built

@@ -25,8 +25,10 @@ from simfed.data.federated import UserData, build_federation
 from simfed.learn.adapters import AdaptedModel
 from simfed.learn.base_model import load_base_model
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
-from simfed.learn.memory import DTYPE_BYTES, SHRINK_STEPS, memory_need
-from simfed.learn.methods.base import Budget, ClientInfo, LocalPlan, Method, Update
+from simfed.learn.memory import SHRINK_STEPS
+from simfed.learn.methods.adapter_method import AdapterMethod
+from simfed.errors import SimfedError
+from simfed.learn.methods.base import Budget, Checkpointable, ClientInfo, Costs, LocalPlan, Method, Update
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
 from simfed.run.dry import run_dry
@@ -140,7 +142,7 @@ class MethodWorkload:
         return cost
 
     def memory_need(self, device: int) -> int | None:
-        return method_memory_need(self.method, self.scenario.training, device)
+        return self.method.memory_need(device)
 
     def on_download(self, device: int, round_index: int) -> None:
         if self.replay is not None:
@@ -209,19 +211,6 @@ class MethodWorkload:
             record_routing(self.run.path / ROUTING_FILE, self.method, self.seed, round_done, self.n_clients)
 
 
-def method_memory_need(method: Method, training: Any, device: int) -> int | None:
-    """Bytes the device needs to train its adapters (simfed/learn/memory.py); None for a method
-    without per-device adapter shapes (it is then taken as fitting)."""
-    fed = getattr(method, "fed", None)
-    shape = getattr(fed, "shapes", {}).get(device) if fed is not None else None
-    if shape is None:
-        return None
-    model = fed.model
-    weight = DTYPE_BYTES[model.base.card.dtype]  # the frozen base as the card stores it
-    activation = 2 if model.autocast is not None else weight
-    return memory_need(fed.dims, shape, training.batch_size, training.seq_len, weight, activation).total
-
-
 def setup_method(spec: Any, training: Any, model: AdaptedModel, clients: list[ClientInfo], seed: int,
                  fleet: list[DeviceProfile], memory_policy: str) -> tuple[Method, list[ClientInfo]]:
     """Build and set up the method; with memory_policy `shrink`, size each device whose training
@@ -229,11 +218,14 @@ def setup_method(spec: Any, training: Any, model: AdaptedModel, clients: list[Cl
     shrinking (at most SHRINK_STEPS halvings; the engine then excludes it). Returns the method and the clients it was set up with
     (their budgets as the method saw them)."""
     method = build_method(spec, training, model)
+    if not isinstance(method, Costs):
+        raise SimfedError(f"method {spec.name!r}: its class does not answer the simulated world's cost "
+                          "questions (derive it from simfed.learn.methods.base.Costs)")
     method.setup(clients, seed)
     if memory_policy != "shrink":
         return method, clients
     for _ in range(SHRINK_STEPS):
-        needs = {c.client_id: method_memory_need(method, training, c.client_id) for c in clients}
+        needs = {c.client_id: method.memory_need(c.client_id) for c in clients}
         too_big = {c for c, n in needs.items() if n is not None and n > fleet[c].memory_bytes}
         if not too_big:
             break
@@ -317,9 +309,8 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
             for index, spec in todo:
                 method, sized = setup_method(spec, training, model, clients, seed, fleet,
                                              scenario.world.memory_policy)
-                fed = getattr(method, "fed", None)
-                if training.state_memory_mb is not None and fed is not None:
-                    fed.store.limit(run.path / "spill" / f"{index}-{spec.name}-seed{seed}",
+                if training.state_memory_mb is not None and isinstance(method, AdapterMethod):
+                    method.fed.store.limit(run.path / "spill" / f"{index}-{spec.name}-seed{seed}",
                                     int(training.state_memory_mb * 1e6))
                 executor.bind(method, index, sized, seed)
                 saved = checkpoints.method(index, spec.name, seed)
@@ -329,7 +320,7 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
                         pretrained = evaluate_pretrained(model, users, training.seq_len, training.eval_windows)
                 try:
                     run_method(scenario, method, seed, fleet, pretrained, run, view, [trace.observer(spec.name, seed)],
-                               checkpoint=saved, executor=executor)
+                               checkpoint=saved if isinstance(method, Checkpointable) else None, executor=executor)
                 finally:
                     saved.close()
                 checkpoints.finished(index, seed)

@@ -11,7 +11,7 @@ import torch
 
 from simfed.learn.methods.base import LocalPlan
 from simfed.learn.methods.comigs import CoMiGS
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import TrainingSpec, method_spec
 from simfed.run.payload import TRAVEL_DTYPES, payload_bytes, shapes_bytes
 from tests.learn.helpers import FLAGSHIP, LOW_END, clients_for
 
@@ -37,7 +37,7 @@ def expected_upload(experts: list[int]) -> dict[str, tuple[int, ...]]:
 
 
 def one_round(model, data, variant: str, budgets) -> tuple[CoMiGS, list]:
-    method = CoMiGS(MethodSpec(name=variant, kind="comigs", variant=variant), TRAINING, model)
+    method = CoMiGS(method_spec(name=variant, kind="comigs", variant=variant), TRAINING, model)
     method.setup(clients_for(data, budgets), seed=0)
     updates = [method.local_update(c, method.download(c), LocalPlan(0, 1, seed=0)) for c in range(len(budgets))]
     return method, updates

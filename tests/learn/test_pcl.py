@@ -16,7 +16,7 @@ from simfed.learn.adapters import copy_into
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
 from simfed.learn.methods.base import LocalPlan
 from simfed.learn.methods.pcl import PCL, split_peers
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import TrainingSpec, method_spec
 from tests.learn.helpers import LOW_END, clients_for
 
 TRAINING = TrainingSpec(local_steps=2, batch_size=2, seq_len=32, eval_windows=3)
@@ -46,7 +46,7 @@ def numel(shapes) -> int:
 
 def test_schedule_and_bytes_with_the_paper_defaults(tiny_gpt2, toy_data):
     users = three_users(toy_data)
-    method = PCL(MethodSpec(name="pcl", kind="pcl"), TRAINING, tiny_gpt2)  # start 4, every 2
+    method = PCL(method_spec(name="pcl", kind="pcl"), TRAINING, tiny_gpt2)  # start 4, every 2
     method.setup(clients_for(users, [LOW_END] * 3), seed=0)
     log = run_rounds(method, range(7), 3, 7)
     uploads_in = [r for r, (_, _, ups) in enumerate(log) if all(u.upload for u in ups)]
@@ -68,7 +68,7 @@ def test_schedule_and_bytes_with_the_paper_defaults(tiny_gpt2, toy_data):
 def after_upload_round(tiny_gpt2, toy_data):
     """Collaborate from round 1: round 0 trains and uploads; the test then drives round 1's mix."""
     users = three_users(toy_data)
-    method = PCL(MethodSpec(name="pcl", kind="pcl", pcl_start=1, pcl_every=1), TRAINING, tiny_gpt2)
+    method = PCL(method_spec(name="pcl", kind="pcl", pcl_start=1, pcl_every=1), TRAINING, tiny_gpt2)
     method.setup(clients_for(users, [LOW_END] * 3), seed=0)
     (_, _, updates), = run_rounds(method, range(1), 3, 4)
     return method, users, {u.client: u.upload for u in updates}

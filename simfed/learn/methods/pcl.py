@@ -23,10 +23,10 @@ from simfed.learn.adapters import AdaptedModel, AdapterShape, copy_into
 from simfed.learn.aggregate import softmax_neg, weighted_mean
 from simfed.learn.evaluate import evaluate_windows
 from simfed.learn.flops import forward_flops
-from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
-from simfed.learn.methods.common import recipe_for
-from simfed.learn.methods.federation import AdapterFederation, torch_generator
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.methods.adapter_method import AdapterMethod
+from simfed.learn.methods.base import ClientInfo, LocalPlan, Update
+from simfed.learn.methods.federation import torch_generator
+from simfed.learn.spec import PCLSpec, TrainingSpec
 from simfed.learn.store import pack_states, unpack_states
 
 State = dict[str, torch.Tensor]
@@ -46,11 +46,11 @@ def split_peers(received: State) -> dict[int, State]:
     return out
 
 
-class PCL(Method):
-    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
-        self.name = spec.name
-        self.spec = spec
-        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: False, training.eval_windows)
+class PCL(AdapterMethod):
+    spec_type = PCLSpec
+
+    def __init__(self, spec: PCLSpec, training: TrainingSpec, model: AdaptedModel) -> None:
+        super().__init__(spec, training, model, shared=lambda name: False)
         self.round = 0  # the round now running (the server's next aggregation)
         self.relay: dict[int, State] = {}  # models uploaded in the last round before a collaboration
         # per device, its last collaboration: (round, [device j …], [ppl_ij …], [W_ij …])
@@ -119,9 +119,6 @@ class PCL(Method):
         if self.collaborates(round_index + 1):
             self.relay = {u.client: u.upload for u in updates if u.upload}
         self.round = round_index + 1
-
-    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
-        return self.fed.evaluate(client, split)
 
     def round_flops(self, client: int) -> float:
         flops = self.fed.round_flops(client)
