@@ -216,6 +216,7 @@ class DryWorkload:
 
 def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
     """`run_scenario` in dry mode: no model weights, no data, no federation; same outputs."""
+    from simfed.report.plots import plot_closed_run
     from simfed.run.trace import TraceWriter
 
     card = load_card(scenario.model)
@@ -223,29 +224,30 @@ def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
     weight_bytes = DTYPE_BYTES[card.dtype]
     methods = [DryMethod(spec, scenario.training, dims, scenario.world.memory_policy, weight_bytes)
                for spec in scenario.methods]
-    with (
-        RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds) as run,
-        TraceWriter(run.path / "trace.json") as trace,
-    ):
-        for seed in seeds:
-            fleet = build_fleet(scenario.world, seed)
-            for method in methods:
-                name = method.spec.name
-                view.on_method_start(name, seed)
-                tally = Tally()
-                workload = DryWorkload(method, fleet, scenario, seed, run, tally)
+    run = RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds)
+    try:
+        with run, TraceWriter(run.path / "trace.json") as trace:
+            for seed in seeds:
+                fleet = build_fleet(scenario.world, seed)
+                for method in methods:
+                    name = method.spec.name
+                    view.on_method_start(name, seed)
+                    tally = Tally()
+                    workload = DryWorkload(method, fleet, scenario, seed, run, tally)
 
-                def record(event: SimEvent, name: str = name) -> None:
-                    data = event.to_dict()
-                    run.log_event(name, seed, data)
-                    view.on_event(name, data)
+                    def record(event: SimEvent, name: str = name) -> None:
+                        data = event.to_dict()
+                        run.log_event(name, seed, data)
+                        view.on_event(name, data)
 
-                engine = Engine(scenario.world, fleet, workload, seed,
-                                observers=[tally, record, trace.observer(name, seed)])
-                engine.run()
-                stats = {**tally.as_summary(), "training_calls": 0}
-                if scenario.world.memory_policy != "ignore":
-                    stats["memory_excluded"] = len(engine.excluded)
-                run.finish_method(name, seed, stats)
-                view.on_method_done(name)
-        return run.path
+                    engine = Engine(scenario.world, fleet, workload, seed,
+                                    observers=[tally, record, trace.observer(name, seed)])
+                    engine.run()
+                    stats = {**tally.as_summary(), "training_calls": 0}
+                    if scenario.world.memory_policy != "ignore":
+                        stats["memory_excluded"] = len(engine.excluded)
+                    run.finish_method(name, seed, stats)
+                    view.on_method_done(name)
+    finally:
+        plot_closed_run(run)
+    return run.path

@@ -84,15 +84,12 @@ class Replica:
     """A worker's side: one base model for the worker's life, one method replica at a time."""
 
     def __init__(self, card: Any, device: str, threads: int, training: Any) -> None:
-        from simfed.learn.adapters import AdaptedModel
-        from simfed.learn.base_model import load_base_model
-        from simfed.run.runner import autocast_dtype, pick_device
+        from simfed.learn.device import load_adapted_model
 
         if threads:
             torch.set_num_threads(threads)
         self.training = training
-        dev = pick_device(device)
-        self.model = AdaptedModel(load_base_model(card, dev), autocast_dtype(training.precision, dev))
+        self.model = load_adapted_model(card, device, training.precision)
         self.method: Method | None = None
         self.key: tuple | None = None  # (method index, seed) of the replica built
 

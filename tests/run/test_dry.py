@@ -92,7 +92,7 @@ def test_a_dry_run_writes_events_and_summary_and_trains_nothing(tmp_path: Path, 
     def forbidden(*args, **kwargs):
         raise AssertionError("dry mode must not load the model, build the federation or train")
 
-    for name in ("load_base_model", "build_federation", "build_method", "evaluate_pretrained"):
+    for name in ("load_adapted_model", "build_federation", "build_method", "evaluate_pretrained"):
         monkeypatch.setattr(runner, name, forbidden)
     path = tmp_path / "dry.yaml"
     path.write_text(SCENARIO.format(cache=tmp_path / "cache"))

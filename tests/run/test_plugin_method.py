@@ -1,7 +1,6 @@
 """A method from outside simfed (examples/my_method: FedProx on LoRA) runs from a scenario next to CoMiGS."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

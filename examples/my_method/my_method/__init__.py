@@ -17,9 +17,9 @@ from typing import Literal
 import torch
 from pydantic import Field, PositiveInt
 
-from simfed.learn.adapters import AdaptedModel, AdapterShape, DeviceAdapters
+from simfed.learn.adapters import AdaptedModel, DeviceAdapters
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import ClientInfo, LocalPlan, Update
+from simfed.learn.methods.base import LocalPlan, Update
 from simfed.learn.spec import MethodSpec, TrainingSpec
 
 # FLOPs per adapter parameter and expert step of the proximal term: forward θ − θ_t, its square
@@ -42,10 +42,6 @@ class FedProx(AdapterMethod):
 
     def __init__(self, spec: FedProxSpec, training: TrainingSpec, model: AdaptedModel) -> None:
         super().__init__(spec, training, model, shared=lambda name: True)
-
-    def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
-        self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
 
     def local_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> Update:
         mu = self.spec.mu

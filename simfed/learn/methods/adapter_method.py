@@ -13,11 +13,12 @@ from typing import Callable
 
 import torch
 
-from simfed.learn.adapters import AdaptedModel
+from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.aggregate import buffered_merge, deltas
 from simfed.learn.local_update import Recipe
 from simfed.learn.memory import DTYPE_BYTES, memory_need
 from simfed.learn.methods.base import (
-    Checkpointable, Costs, EvalResult, LocalPlan, Method, Replicable, Split, Update,
+    Checkpointable, ClientInfo, Costs, EvalResult, LocalPlan, Method, Replicable, Split, Update,
 )
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import AdapterFederation
@@ -26,7 +27,7 @@ from simfed.learn.spec import MethodSpec, TrainingSpec
 
 class AdapterMethod(Method, Costs, Checkpointable, Replicable):
     """A method over one `AdapterFederation` (`self.fed`); `shared(name)` picks the tensors the
-    server holds. Subclasses implement `setup` (the shapes) and whatever differs below."""
+    server holds. Subclasses override what differs below (the shapes in `setup`, the merge, ...)."""
 
     def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel,
                  shared: Callable[[str], bool], recipe: Recipe | None = None) -> None:
@@ -35,6 +36,12 @@ class AdapterMethod(Method, Costs, Checkpointable, Replicable):
         self.fed = AdapterFederation(model, recipe or recipe_for(spec, training), shared, training.eval_windows)
 
     # --- learning verbs ------------------------------------------------------------------------
+    def setup(self, clients: list[ClientInfo], seed: int) -> None:
+        """The default structure: one LoRA of `spec.rank` (attention and MLP) on every device and
+        the server. Methods that size devices by their budget override it."""
+        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
+        self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
+
     def download(self, client: int) -> dict[str, torch.Tensor]:
         return self.fed.download(client)
 
@@ -91,8 +98,6 @@ class AdapterMethod(Method, Costs, Checkpointable, Replicable):
     # --- shared by the methods that merge FedBuff/FedAsync deltas as a mean --------------------
     def buffered_mean(self, updates: list[Update], bases: list[dict[str, torch.Tensor]], weights: list[float]) -> None:
         """The shared tensors move by the buffered deltas, weighted by aggregation_weights × staleness."""
-        from simfed.learn.aggregate import buffered_merge, deltas
-
         if updates:
             own = self.fed.client_weights(updates, self.spec.aggregation_weights)
             changes = deltas([u.upload for u in updates], bases)

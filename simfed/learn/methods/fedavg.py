@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.adapters import AdaptedModel
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import ClientInfo, MergesAsync, Update
+from simfed.learn.methods.base import MergesAsync, Update
 from simfed.learn.spec import FedAvgSpec, TrainingSpec
 
 
@@ -14,10 +14,6 @@ class FedAvg(AdapterMethod, MergesAsync):
 
     def __init__(self, spec: FedAvgSpec, training: TrainingSpec, model: AdaptedModel) -> None:
         super().__init__(spec, training, model, shared=lambda name: True)
-
-    def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
-        self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
 
     def aggregate_async(self, updates: list[Update], bases: list[dict[str, torch.Tensor]], weights: list[float],
                         round_index: int) -> None:

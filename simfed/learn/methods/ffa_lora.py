@@ -60,8 +60,7 @@ class FFALoRA(AdapterMethod):
         return ClientState(adapters, opt, None)
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
-        self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
+        super().setup(clients, seed)  # one LoRA of `rank` everywhere
         self.fed.fresh_payload = lambda c: {n: t.clone() for n, t in self.fed.server.items()}
 
     def _download_names(self, client: int) -> list[str]:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.adapters import AdaptedModel
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import ClientInfo, Update
+from simfed.learn.methods.base import Update
 from simfed.learn.spec import LocalSpec, TrainingSpec
 
 
@@ -14,10 +14,6 @@ class Local(AdapterMethod):
 
     def __init__(self, spec: LocalSpec, training: TrainingSpec, model: AdaptedModel) -> None:
         super().__init__(spec, training, model, shared=lambda name: False)
-
-    def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
-        self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
 
     def download(self, client: int) -> dict[str, torch.Tensor]:
         return {}

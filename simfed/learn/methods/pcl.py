@@ -61,9 +61,8 @@ class PCL(AdapterMethod):
         return round_index >= s.pcl_start and (round_index - s.pcl_start) % s.pcl_every == 0
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        shape = AdapterShape(1, self.spec.rank, self.spec.rank)
-        self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
-        probe = self.fed.model.new_adapters(shape, torch.Generator().manual_seed(0))
+        super().setup(clients, seed)  # one LoRA of `rank` everywhere
+        probe = self.fed.model.new_adapters(AdapterShape(1, self.spec.rank, self.spec.rank), torch.Generator().manual_seed(0))
         self.model_shapes = {n: tuple(t.shape) for n, t in probe.views().items()}  # one device's model
 
     # --- what moves ----------------------------------------------------------------------------
