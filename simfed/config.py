@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from simfed import __version__
 from simfed.data.spec import DataSpec
 from simfed.errors import FieldProblem, SimfedError
-from simfed.learn.spec import ASYNC_KINDS, MethodSpec, TrainingSpec
+from simfed.learn.methods.registry import AnyMethodSpec
+from simfed.learn.spec import MethodSpec, TrainingSpec
 from simfed.sim.spec import WorldSpec
 
 
@@ -149,25 +150,53 @@ def _child_types(tp: Any, part: Any) -> list[Any]:
     return out
 
 
-def allowed_keys(model: type[BaseModel], path: Path_) -> set[str] | None:
-    """The keys the schema accepts in the mapping at `path`; None when any key goes (free-form)."""
+def _node_at(data: Any, path: Path_) -> Any:
+    for part in path:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def allowed_keys(model: type[BaseModel], path: Path_, data: Any = None) -> set[str] | None:
+    """The keys the schema accepts in the mapping at `path`; None when any key goes (free-form).
+
+    With the document `data`, a `methods:` item is narrowed to its kind's spec: the keys of
+    `kind: fedavg` are FedAvg's, not every method's."""
     candidates: list[Any] = [model]
     for part in path:
         candidates = [c for t in candidates for c in _child_types(t, part)]
+    alternatives = [alt for t in candidates for alt in _flatten_type(t)]
+    if data is not None and any(_is_model(alt) and issubclass(alt, MethodSpec) for alt in alternatives):
+        from simfed.learn.methods.registry import spec_type_of
+
+        spec = spec_type_of(_node_at(data, path))
+        if spec is not None:
+            alternatives = [spec]
     keys: set[str] = set()
-    for t in candidates:
-        for alt in _flatten_type(t):
-            if _is_model(alt):
-                if alt.model_config.get("extra") != "forbid":
-                    return None
-                keys |= set(_field_names(alt))
-            elif typing.get_origin(alt) is dict or alt is dict or alt is Any:
+    for alt in alternatives:
+        if _is_model(alt):
+            if alt.model_config.get("extra") != "forbid":
                 return None
+            keys |= set(_field_names(alt))
+        elif typing.get_origin(alt) is dict or alt is dict or alt is Any:
+            return None
     return keys
 
 
-def unknown_key_message(key: Any, allowed: set[str] | None) -> str:
+def unknown_key_message(key: Any, allowed: set[str] | None, kind: Any = None) -> str:
+    """"unknown key" with the nearest accepted key; for a method's key that belongs to other
+    kinds (`kind`: the item's own), which kinds those are."""
     message = "unknown key"
+    if kind is not None:
+        from simfed.learn.methods.registry import owners_of
+
+        owners = owners_of(str(key))
+        if owners:
+            return f"{message} for kind '{kind}' (a key of {', '.join(owners)})"
     if allowed:
         close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
         if close:
@@ -175,6 +204,14 @@ def unknown_key_message(key: Any, allowed: set[str] | None) -> str:
         else:
             message += f" (expected one of: {', '.join(sorted(allowed))})"
     return message
+
+
+def _kind_at(data: Any, path: Path_) -> Any:
+    """The `kind` of the method item at `path` (None elsewhere)."""
+    node = _node_at(data, path)
+    if len(path) == 2 and path[0] == "methods" and isinstance(node, dict):
+        return node.get("kind")
+    return None
 
 
 # ---------------------------------------------------------------- --set overrides
@@ -211,9 +248,9 @@ def apply_override(data: dict, text: str, model: type[BaseModel]) -> Path_:
             continue
         if not isinstance(node, dict):
             raise ScenarioError([f"{label}: {dotted(here)} is not a mapping"])
-        allowed = allowed_keys(model, here)
+        allowed = allowed_keys(model, here, data)
         if part not in node and allowed is not None and part not in allowed:
-            raise ScenarioError([f"{label}: {unknown_key_message(part, allowed)}"])
+            raise ScenarioError([f"{label}: {unknown_key_message(part, allowed, _kind_at(data, here))}"])
         if last:
             node[part] = value
         else:
@@ -276,7 +313,8 @@ def _describe(error: dict, data: Any, model: type[BaseModel]) -> tuple[Path_, bo
     if kind == "missing":
         return path, False, "required key missing"
     if kind == "extra_forbidden":
-        return path, exists, unknown_key_message(path[-1], allowed_keys(model, path[:-1]))
+        return path, exists, unknown_key_message(path[-1], allowed_keys(model, path[:-1], data),
+                                                 _kind_at(data, path[:-1]))
     if isinstance(problem, FieldProblem):
         deeper, exists = _locate(tuple(path) + problem.path, data)
         return deeper, exists, problem.message
@@ -385,7 +423,7 @@ class Scenario(_Strict):
     model: str = Field(min_length=1)  # a model card name (models/*.yaml)
     data: DataSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-    methods: list[MethodSpec] = Field(min_length=1)
+    methods: list[AnyMethodSpec] = Field(min_length=1)  # each validated against its kind's spec
     world: WorldSpec
     output: OutputSpec = Field(default_factory=OutputSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
@@ -418,17 +456,20 @@ class Scenario(_Strict):
     @field_validator("world")
     @classmethod
     def _policy_the_learning_can_run(cls, world: WorldSpec, info: ValidationInfo) -> WorldSpec:
-        # FedBuff/FedAsync need a method that merges staleness-weighted deltas (Method.aggregate_async);
+        # FedBuff/FedAsync need a method that merges staleness-weighted deltas (base.MergesAsync);
         # dry mode merges nothing, so there every method may run them
         training, methods = info.data.get("training"), info.data.get("methods")
         if world.server.policy == "sync" or methods is None or (training is not None and training.dry):
             return world
-        unable = [f"{m.name} ({m.kind})" for m in methods if m.kind not in ASYNC_KINDS]
+        from simfed.learn.methods.base import MergesAsync  # the method classes know: torch comes in
+        from simfed.learn.methods.registry import can, kinds_with
+
+        unable = [f"{m.name} ({m.kind})" for m in methods if not can(m.kind, MergesAsync)]
         if unable:
             raise FieldProblem(
                 ("server", "policy"),
                 f"'{world.server.policy}' needs methods that merge staleness-weighted updates "
-                f"({', '.join(ASYNC_KINDS)}); these cannot: {', '.join(unable)}")
+                f"({', '.join(sorted(kinds_with(MergesAsync)))}); these cannot: {', '.join(unable)}")
         return world
 
     def where(self, *path: str | int) -> str:

@@ -84,7 +84,9 @@ def saved_device(method: Any, device: int) -> SavedDevice:
 
 def can_save(method: Any) -> bool:
     """Methods with per-device adapters (all but Pretrained, which has nothing to keep)."""
-    return getattr(method, "fed", None) is not None and bool(method.fed.shapes)
+    from simfed.learn.methods.adapter_method import AdapterMethod
+
+    return isinstance(method, AdapterMethod) and bool(method.fed.shapes)
 
 
 def save_device(saved: SavedDevice, path: Path, method_name: str) -> None:

@@ -29,12 +29,13 @@ def reset_to_download(method: Method, client: int, before: tuple[dict, dict] | N
     taken then; optimizer moments included), with the payload it downloaded written over its
     shared tensors. A method whose local tensors are laid out differently from its payload
     (HetLoRA: zero-padded to the device's initial rank) says how with `as_local_payload`."""
+    from simfed.learn.methods.adapter_method import AdapterMethod
+
     method.import_client(client, before)
-    fed = getattr(method, "fed", None)
-    if fed is None or not received:
+    if not isinstance(method, AdapterMethod) or not received:
         return
-    as_local = getattr(method, "as_local_payload", None)
-    payload = as_local(client, received) if as_local is not None else received
+    fed = method.fed
+    payload = method.as_local_payload(client, received)
     state = fed.store.get_or_create(client)
     copy_into(state.adapters, payload)
     fed.store.release(client)

@@ -44,7 +44,10 @@ def ranked_rank(spec: MethodSpec, memory_bytes: float, flops_per_s: float) -> in
 
 def device_shape(spec: MethodSpec, memory_bytes: float, flops_per_s: float) -> AdapterShape:
     """The adapters `spec`'s method gives a device with this budget (the one sizing rule)."""
-    kind, attn = spec.kind, spec.attn_rank
+    kind = spec.kind
+    if kind == "pretrained":  # no adapters
+        return AdapterShape(0, 0, 0)
+    attn = spec.attn_rank
     if kind == "comigs":
         return AdapterShape(comigs_experts(spec, memory_bytes, flops_per_s), spec.rank, attn)
     if kind in MOE_KINDS:

@@ -21,13 +21,15 @@ class ParamCount:
 
 def method_param_counts(method: Method, n_clients: int) -> dict[int, ParamCount]:
     """Device → its parameter counts at setup (before any pruning); {} for a method without adapters."""
-    central = getattr(method, "state", None)  # Centralized: one model for everyone
-    if central is not None and hasattr(central, "expert_opt"):
-        count = _count(central)
+    from simfed.learn.methods.adapter_method import AdapterMethod
+    from simfed.learn.methods.centralized import Centralized
+
+    if isinstance(method, Centralized):  # one model for everyone
+        count = _count(method.state)
         return {c: count for c in range(n_clients)}
-    fed = getattr(method, "fed", None)
-    if fed is None or not fed.shapes:
+    if not isinstance(method, AdapterMethod) or not method.fed.shapes:
         return {}
+    fed = method.fed
     by_shape: dict = {}
     out: dict[int, ParamCount] = {}
     for client in sorted(fed.shapes):
@@ -50,12 +52,15 @@ def method_setting(method: Method, n_clients: int) -> dict:
     it used, and each device's trainable (and held) parameter count, by device id."""
     from simfed.learn.matching import lb_rule, matching_rule
 
-    spec = getattr(method, "spec", None)
+    from simfed.learn.methods.adapter_method import AdapterMethod
+    from simfed.learn.methods.centralized import Centralized
+
+    spec = method.spec
     counts = method_param_counts(method, n_clients)
-    fed = getattr(method, "fed", None)
-    shapes = list(getattr(fed, "shapes", {}).values()) if fed is not None else []
-    central = getattr(method, "shape", None)
-    routed = any(s.has_router for s in shapes) or bool(central is not None and getattr(central, "has_router", False))
+    shapes = list(method.fed.shapes.values()) if isinstance(method, AdapterMethod) else []
+    if isinstance(method, Centralized):
+        shapes = [method.shape]
+    routed = any(s.has_router for s in shapes)
     return {
         "match": matching_rule(spec) if spec is not None else "n/a",
         "lb_form": lb_rule(spec, routed) if spec is not None else "n/a",

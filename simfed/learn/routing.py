@@ -44,10 +44,12 @@ def _decode_piece(tokenizer: Any, token: int) -> str:
 @torch.no_grad()
 def routing_record(method: Any, client: int, split: str = "test") -> dict[str, Any] | None:
     """Per-layer routing statistics of `client`'s local model on its `split` windows; None when
-    the method has no routers (no `fed` federation, or every bank has one expert)."""
-    fed = getattr(method, "fed", None)
-    if fed is None or not hasattr(fed, "local_adapters"):
+    the method has no routers (not an `AdapterMethod`, or every bank has one expert)."""
+    from simfed.learn.methods.adapter_method import AdapterMethod
+
+    if not isinstance(method, AdapterMethod):
         return None
+    fed = method.fed
     adapters = fed.local_adapters(client)
     banks: list[ExpertBank] = adapters.banks()
     if not any(b.router is not None for b in banks):

@@ -20,11 +20,12 @@ from simfed.learn.methods.base import Method
 def surviving_share(method: Method, client: int) -> float:
     """Fraction in [0, 1] of `client`'s trained adapter elements the next download leaves alone;
     1.0 for a method without per-device adapters (nothing of its training is overwritten)."""
-    own = getattr(method, "surviving_share", None)
-    if callable(own):
-        return float(own(client))
-    fed = getattr(method, "fed", None)
-    shape = getattr(fed, "shapes", {}).get(client) if fed is not None else None
+    from simfed.learn.methods.adapter_method import AdapterMethod
+
+    if not isinstance(method, AdapterMethod):
+        return 1.0
+    fed = method.fed
+    shape = fed.shapes.get(client)
     if shape is None:
         return 1.0
     views = fed.model.new_adapters(shape, torch.Generator().manual_seed(0)).views()

@@ -11,7 +11,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from simfed.run.results import MEAN_DEVICE, read_metrics
+from simfed.run.results import MEAN_DEVICE, RunDirectory, read_metrics
 
 MB = 1e6  # bytes per megabyte (decimal, as link speeds are quoted)
 
@@ -88,3 +88,14 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if events:
         paths.append(plot_timeline(events, run_dir / "timeline.png", rounds=3))
     return paths
+
+
+def plot_closed_run(run: RunDirectory) -> list[Path]:
+    """The plots of a run whose directory has just closed, however it ended (metrics.csv and
+    events.jsonl are complete on disk). A failing plot never hides how the run ended: its error
+    goes into summary.json's `error` and no path is returned."""
+    try:
+        return plot_run(run.path)
+    except Exception as exc:  # noqa: BLE001 - any failure of matplotlib or of the files
+        run.record_problem(f"plots failed: {exc}")
+        return []

@@ -38,6 +38,7 @@ import yaml
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape, DeviceAdapters
 from simfed.learn.base_model import load_base_model
+from simfed.learn.device import autocast_dtype
 from simfed.learn.flops import ModelDims, step_activation_bytes, step_flops
 from simfed.learn.local_update import Recipe, new_client_state, train_locally
 from simfed.learn.lora import StackedLoRA
@@ -177,9 +178,8 @@ def measure_many(model: AdaptedModel, model_name: str, methods: list[tuple[str, 
 def load_adapted(model_name: str, device: str = "auto", threads: int = 2) -> AdaptedModel:
     if threads > 0:
         torch.set_num_threads(threads)
-    from simfed.run.runner import autocast_dtype  # the runs' precision: bf16 autocast on a GPU
-
     dev = resolve_device(device)
+    # the runs' precision: bf16 autocast on a GPU
     return AdaptedModel(load_base_model(load_card(model_name), dev), autocast_dtype("auto", dev))
 
 

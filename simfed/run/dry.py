@@ -37,6 +37,7 @@ from simfed.learn.flops import ModelDims, round_activation_bytes, round_flops, r
 from simfed.learn.lora import linear_dims
 from simfed.learn.matching import device_shape
 from simfed.learn.memory import DTYPE_BYTES, SHRINK_STEPS, memory_need
+from simfed.learn.methods.common import recipe_for
 from simfed.learn.model_card import ModelCard, load_card
 from simfed.learn.spec import MethodSpec, TrainingSpec
 from simfed.run.payload import element_size
@@ -142,14 +143,14 @@ class DryMethod:
         return attn + shape.n_experts * expert  # hetlora (at the device's rank), fedavg: every expert, no router
 
     def round_flops(self, shape: AdapterShape, global_step: int) -> float:
-        t, s = self.training, self.spec
-        phases = router_phases_in_round(global_step, t.local_steps, s.tau) if shape.has_router else 0
-        return round_flops(self.dims, shape, t.batch_size, t.seq_len, t.local_steps, phases, s.router_steps)
+        r = recipe_for(self.spec, self.training)
+        phases = router_phases_in_round(global_step, r.local_steps, r.tau) if shape.has_router else 0
+        return round_flops(self.dims, shape, r.batch_size, r.seq_len, r.local_steps, phases, r.router_steps)
 
     def round_activation_bytes(self, shape: AdapterShape, global_step: int) -> float:
-        t, s = self.training, self.spec
-        phases = router_phases_in_round(global_step, t.local_steps, s.tau) if shape.has_router else 0
-        return round_activation_bytes(self.dims, shape, t.batch_size, t.seq_len, t.local_steps, phases, s.router_steps)
+        r = recipe_for(self.spec, self.training)
+        phases = router_phases_in_round(global_step, r.local_steps, r.tau) if shape.has_router else 0
+        return round_activation_bytes(self.dims, shape, r.batch_size, r.seq_len, r.local_steps, phases, r.router_steps)
 
 
 @dataclass
@@ -208,6 +209,7 @@ class DryWorkload:
 
 def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
     """`run_scenario` in dry mode: no model weights, no data, no federation; same outputs."""
+    from simfed.report.plots import plot_closed_run
     from simfed.run.trace import TraceWriter
 
     card = load_card(scenario.model)
@@ -215,29 +217,30 @@ def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
     weight_bytes = DTYPE_BYTES[card.dtype]
     methods = [DryMethod(spec, scenario.training, dims, scenario.world.memory_policy, weight_bytes)
                for spec in scenario.methods]
-    with (
-        RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds) as run,
-        TraceWriter(run.path / "trace.json") as trace,
-    ):
-        for seed in seeds:
-            fleet = build_fleet(scenario.world, seed)
-            for method in methods:
-                name = method.spec.name
-                view.on_method_start(name, seed)
-                tally = Tally()
-                workload = DryWorkload(method, fleet, scenario, seed, run, tally)
+    run = RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds)
+    try:
+        with run, TraceWriter(run.path / "trace.json") as trace:
+            for seed in seeds:
+                fleet = build_fleet(scenario.world, seed)
+                for method in methods:
+                    name = method.spec.name
+                    view.on_method_start(name, seed)
+                    tally = Tally()
+                    workload = DryWorkload(method, fleet, scenario, seed, run, tally)
 
-                def record(event: SimEvent, name: str = name) -> None:
-                    data = event.to_dict()
-                    run.log_event(name, seed, data)
-                    view.on_event(name, data)
+                    def record(event: SimEvent, name: str = name) -> None:
+                        data = event.to_dict()
+                        run.log_event(name, seed, data)
+                        view.on_event(name, data)
 
-                engine = Engine(scenario.world, fleet, workload, seed,
-                                observers=[tally, record, trace.observer(name, seed)])
-                engine.run()
-                stats = {**tally.as_summary(), "training_calls": 0}
-                if scenario.world.memory_policy != "ignore":
-                    stats["memory_excluded"] = len(engine.excluded)
-                run.finish_method(name, seed, stats)
-                view.on_method_done(name)
-        return run.path
+                    engine = Engine(scenario.world, fleet, workload, seed,
+                                    observers=[tally, record, trace.observer(name, seed)])
+                    engine.run()
+                    stats = {**tally.as_summary(), "training_calls": 0}
+                    if scenario.world.memory_policy != "ignore":
+                        stats["memory_excluded"] = len(engine.excluded)
+                    run.finish_method(name, seed, stats)
+                    view.on_method_done(name)
+    finally:
+        plot_closed_run(run)
+    return run.path

@@ -21,7 +21,7 @@ from typing import Any, Protocol, Sequence
 import torch
 
 from simfed.errors import SimfedError
-from simfed.learn.methods.base import ClientInfo, LocalPlan, Method, Update
+from simfed.learn.methods.base import ClientInfo, LocalPlan, Method, Replicable, Update
 
 
 class ExecutorError(SimfedError):
@@ -84,16 +84,12 @@ class Replica:
     """A worker's side: one base model for the worker's life, one method replica at a time."""
 
     def __init__(self, card: Any, device: str, threads: int, training: Any) -> None:
-        from simfed.learn.adapters import AdaptedModel
-        from simfed.learn.base_model import load_base_model
-        from simfed.run.runner import autocast_dtype, pick_device
+        from simfed.learn.device import load_adapted_model
 
         if threads:
             torch.set_num_threads(threads)
         self.training = training
-        dev = pick_device(device)
-        self.model = AdaptedModel(load_base_model(card, dev), autocast_dtype(training.precision, dev),
-                                  training.expert_compute)
+        self.model = load_adapted_model(card, device, training.precision, training.expert_compute)
         self.method: Method | None = None
         self.key: tuple | None = None  # (method index, seed) of the replica built
 
@@ -142,11 +138,10 @@ class RayExecutor:
         self.method: Method | None = None
 
     def bind(self, method: Method, method_index: int, clients: list[ClientInfo], seed: int) -> None:
-        if not method.remote_ready:
-            raise ExecutorError(f"method {method.name!r} cannot run on the 'ray' executor (use executor: local)")
-        spec = getattr(method, "spec", None)
-        if spec is None:
-            raise ExecutorError(f"method {method.name!r} has no spec to rebuild it on a worker")
+        if not isinstance(method, Replicable):
+            raise ExecutorError(f"method {method.name!r} cannot run on the 'ray' executor: its class is not "
+                                "Replicable (simfed/learn/methods/base.py); use executor: local")
+        spec = method.spec
         self.method = method
         clients_ref = self.ray.put(clients)
         for actor in self.actors:  # an actor runs its calls in order: every later `run` finds the replica built

@@ -63,8 +63,7 @@ class RunDirectory:
     """Writers for one run; use as a context manager so the final status is always written.
 
     On leaving the `with` block the status becomes "complete", "interrupted" (KeyboardInterrupt)
-    or "failed" (any other exception, whose text goes into summary.json); plots are drawn from
-    metrics.csv in every case. The exception is not swallowed; it gets a `run_dir` attribute
+    or "failed" (any other exception, whose text goes into summary.json). The exception is not swallowed; it gets a `run_dir` attribute
     so the CLI can point at the partial results.
     """
 
@@ -240,7 +239,8 @@ class RunDirectory:
     # ------------------------------------------------------------ the end
 
     def close(self, status: str = "complete", error: str | None = None) -> None:
-        """Write the final summary and the plots; close the files. Idempotent."""
+        """Write the final summary; close the files. Idempotent. (The runner draws the plots
+        after this, `simfed.report.plots.plot_closed_run`: the readers and plots are not the writer's job.)"""
         if self._closed:
             return
         assert status in STATUSES, status
@@ -255,13 +255,11 @@ class RunDirectory:
         except Exception as exc:  # a derived table must never hide how the run ended
             self.error = (self.error + "; " if self.error else "") + f"time to target failed: {exc}"
         self.write_summary()
-        try:
-            from simfed.report.plots import plot_run
 
-            plot_run(self.path)
-        except Exception as exc:  # a plot must never hide how the run ended
-            self.error = (self.error + "; " if self.error else "") + f"plots failed: {exc}"
-            self.write_summary()
+    def record_problem(self, text: str) -> None:
+        """After closing: add a problem to the error of summary.json (e.g. plots that failed)."""
+        self.error = (self.error + "; " if self.error else "") + text
+        self.write_summary()
 
     def __enter__(self) -> "RunDirectory":
         return self

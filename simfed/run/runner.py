@@ -23,22 +23,25 @@ import torch
 from simfed.config import Scenario
 from simfed.data.federated import UserData, build_federation
 from simfed.data.partition import write_partition
+from simfed.errors import SimfedError
 from simfed.learn.adapters import AdaptedModel
-from simfed.learn.base_model import load_base_model
+from simfed.learn.device import load_adapted_model
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
-from simfed.learn.memory import DTYPE_BYTES, SHRINK_STEPS, memory_need
-from simfed.learn.params import method_setting
-from simfed.learn.methods.base import Budget, ClientInfo, LocalPlan, Method, Update
+from simfed.learn.memory import SHRINK_STEPS
+from simfed.learn.methods.adapter_method import AdapterMethod
+from simfed.learn.methods.base import Budget, Checkpointable, ClientInfo, Costs, LocalPlan, Method, Update
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
+from simfed.learn.params import method_setting
 from simfed.learn.survival import surviving_share
+from simfed.report.plots import plot_closed_run
+from simfed.run.checkpoint import Checkpoints, ResumeError
 from simfed.run.divergence import DivergenceGuard, method_status
 from simfed.run.dry import run_dry
 from simfed.run.environment import run_environment
 from simfed.run.loggers import with_loggers
 from simfed.run.executor import Job, LocalExecutor, make_executor
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
-from simfed.run.checkpoint import Checkpoints, ResumeError
 from simfed.run.results import RunDirectory
 from simfed.run.saved_models import ModelSaver
 from simfed.run.trace import TraceWriter, read_events
@@ -47,22 +50,6 @@ from simfed.sim.engine import Engine
 from simfed.sim.events import SimEvent
 from simfed.sim.fleet import DeviceProfile, build_fleet
 from simfed.sim.workload import RoundCost
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a run: bf16 when asked, or under `auto` on a CUDA GPU with bf16
-    support; None (plain fp32) otherwise."""
-    if precision == "bfloat16":
-        return torch.bfloat16
-    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 @dataclass
@@ -155,7 +142,7 @@ class MethodWorkload:
         return cost
 
     def memory_need(self, device: int) -> int | None:
-        return method_memory_need(self.method, self.scenario.training, device)
+        return self.method.memory_need(device)
 
     def on_download(self, device: int, round_index: int) -> None:
         if self.replay is not None:
@@ -237,19 +224,6 @@ class MethodWorkload:
             record_routing(self.run.path / ROUTING_FILE, self.method, self.seed, round_done, self.n_clients)
 
 
-def method_memory_need(method: Method, training: Any, device: int) -> int | None:
-    """Bytes the device needs to train its adapters (simfed/learn/memory.py); None for a method
-    without per-device adapter shapes (it is then taken as fitting)."""
-    fed = getattr(method, "fed", None)
-    shape = getattr(fed, "shapes", {}).get(device) if fed is not None else None
-    if shape is None:
-        return None
-    model = fed.model
-    weight = DTYPE_BYTES[model.base.card.dtype]  # the frozen base as the card stores it
-    activation = 2 if model.autocast is not None else weight
-    return memory_need(fed.dims, shape, training.batch_size, training.seq_len, weight, activation).total
-
-
 def setup_method(spec: Any, training: Any, model: AdaptedModel, clients: list[ClientInfo], seed: int,
                  fleet: list[DeviceProfile], memory_policy: str) -> tuple[Method, list[ClientInfo]]:
     """Build and set up the method; with memory_policy `shrink`, size each device whose training
@@ -257,11 +231,14 @@ def setup_method(spec: Any, training: Any, model: AdaptedModel, clients: list[Cl
     shrinking (at most SHRINK_STEPS halvings; the engine then excludes it). Returns the method and the clients it was set up with
     (their budgets as the method saw them)."""
     method = build_method(spec, training, model)
+    if not isinstance(method, Costs):
+        raise SimfedError(f"method {spec.name!r}: its class does not answer the simulated world's cost "
+                          "questions (derive it from simfed.learn.methods.base.Costs)")
     method.setup(clients, seed)
     if memory_policy != "shrink":
         return method, clients
     for _ in range(SHRINK_STEPS):
-        needs = {c.client_id: method_memory_need(method, training, c.client_id) for c in clients}
+        needs = {c.client_id: method.memory_need(c.client_id) for c in clients}
         too_big = {c for c, n in needs.items() if n is not None and n > fleet[c].memory_bytes}
         if not too_big:
             break
@@ -305,69 +282,86 @@ def _closing(executor: Any) -> Iterator[Any]:
         executor.close()
 
 
+@dataclass(frozen=True)
+class Session:
+    """What every method/seed of one `run_scenario` call shares."""
+
+    scenario: Scenario
+    model: AdaptedModel
+    run: RunDirectory
+    checkpoints: Checkpoints
+    executor: Any  # simfed/run/executor.py
+    view: Any
+    trace: TraceWriter
+
+
 def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None, seeds: list[int], view: Any,
                  resume: Path | None = None) -> Path:
     """Run every method of `scenario` for every seed; returns the run directory.
 
     With `resume` (a run directory of this scenario, see simfed/run/checkpoint.py), go on from its
     last checkpoint: finished method/seed pairs are skipped, the interrupted one continues from its
-    last completed round, the rest run as usual."""
-    training = scenario.training
+    last completed round, the rest run as usual. (`scenario_path` is unused: kept for callers.)"""
     out_root = Path(out_root or scenario.output.dir)
-    if training.dry:  # systems only: no weights, no data, no training (simfed/run/dry.py)
+    if scenario.training.dry:  # systems only: no weights, no data, no training (simfed/run/dry.py)
         if resume is not None:
             raise ResumeError("dry runs are not checkpointed (they take seconds): run the scenario again")
         return run_dry(scenario, out_root, seeds, view)
-    if training.threads:
-        torch.set_num_threads(training.threads)
+    if scenario.training.threads:
+        torch.set_num_threads(scenario.training.threads)
     card = load_card(scenario.model)
-    device = pick_device(training.device)
-    base = load_base_model(card, device)
-    model = AdaptedModel(base, autocast_dtype(training.precision, device), training.expert_compute)
-    if resume is None:
-        run = RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds)
-        checkpoints = Checkpoints.start(run)
-    else:
-        checkpoints = Checkpoints.reopen(resume, seeds)
-        run = checkpoints.run
-    run.environment = run_environment(device, model.autocast)  # into summary.json (simfed/run/environment.py)
+    training = scenario.training
+    model = load_adapted_model(card, training.device, training.precision, training.expert_compute)
+    checkpoints = (Checkpoints.start(RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds))
+                   if resume is None else Checkpoints.reopen(resume, seeds))
+    run = checkpoints.run
+    run.environment = run_environment(model.device, model.autocast)  # into summary.json (simfed/run/environment.py)
     run.write_summary()
     view = with_loggers(view, scenario.output.loggers, run.path)  # output.loggers beside the live view
     executor = make_executor(scenario.executor, card, training)
-    with run, TraceWriter(run.path / "trace.json") as trace, _closing(executor), _closing(view):
-        if resume is not None:  # the timeline so far, redrawn from the events kept
-            trace.add_events(read_events(run.path))
-        for seed in seeds:
-            todo = [(i, spec) for i, spec in enumerate(scenario.methods) if not checkpoints.done(i, seed)]
-            if not todo:
-                continue
-            fleet = build_fleet(scenario.world, seed)
-            users = build_federation(scenario.data, base.tokenizer, len(fleet), seed)
-            if scenario.data.partition is not None:  # each device's sizes and mixture, for the record
-                write_partition(run.path / "partition.json", scenario.data, len(fleet), seed)
-            clients = clients_of(fleet, users)
-            pretrained = None
-            for index, spec in todo:
-                method, sized = setup_method(spec, training, model, clients, seed, fleet,
-                                             scenario.world.memory_policy)
-                fed = getattr(method, "fed", None)
-                if training.state_memory_mb is not None and fed is not None:
-                    fed.store.limit(run.path / "spill" / f"{index}-{spec.name}-seed{seed}",
-                                    int(training.state_memory_mb * 1e6))
-                executor.bind(method, index, sized, seed)
-                saved = checkpoints.method(index, spec.name, seed)
-                if saved.round is None:
-                    checkpoints.restore_rng_once()  # a resumed run's first fresh method: RNG as checkpointed
-                    if pretrained is None:
-                        pretrained = evaluate_pretrained(model, users, training.seq_len, training.eval_windows)
-                try:
-                    run_method(scenario, method, seed, fleet, pretrained, run, view, [trace.observer(spec.name, seed)],
-                               checkpoint=saved, executor=executor)
-                finally:
-                    saved.close()
-                checkpoints.finished(index, seed)
-                shutil.rmtree(run.path / "spill", ignore_errors=True)  # spilled states of a finished method
-        return run.path
+    try:
+        with run, TraceWriter(run.path / "trace.json") as trace, _closing(executor), _closing(view):
+            if resume is not None:  # the timeline so far, redrawn from the events kept
+                trace.add_events(read_events(run.path))
+            session = Session(scenario, model, run, checkpoints, executor, view, trace)
+            for seed in seeds:
+                run_seed(session, seed)
+    finally:
+        plot_closed_run(run)  # however the run ended, from the files it closed
+    return run.path
+
+
+def run_seed(session: Session, seed: int) -> None:
+    """Every method of the scenario not yet done for `seed`, on the same fleet and users' data."""
+    scenario, training, checkpoints = session.scenario, session.scenario.training, session.checkpoints
+    todo = [(i, spec) for i, spec in enumerate(scenario.methods) if not checkpoints.done(i, seed)]
+    if not todo:
+        return
+    fleet = build_fleet(scenario.world, seed)
+    users = build_federation(scenario.data, session.model.base.tokenizer, len(fleet), seed)
+    if scenario.data.partition is not None:  # each device's sizes and mixture, for the record
+        write_partition(session.run.path / "partition.json", scenario.data, len(fleet), seed)
+    clients = clients_of(fleet, users)
+    pretrained = None
+    for index, spec in todo:
+        method, sized = setup_method(spec, training, session.model, clients, seed, fleet, scenario.world.memory_policy)
+        spill = session.run.path / "spill"
+        if training.state_memory_mb is not None and isinstance(method, AdapterMethod):
+            method.fed.store.limit(spill / f"{index}-{spec.name}-seed{seed}", int(training.state_memory_mb * 1e6))
+        session.executor.bind(method, index, sized, seed)
+        saved = checkpoints.method(index, spec.name, seed)
+        if saved.round is None:
+            checkpoints.restore_rng_once()  # a resumed run's first fresh method: RNG as checkpointed
+            if pretrained is None:
+                pretrained = evaluate_pretrained(session.model, users, training.seq_len, training.eval_windows)
+        try:
+            run_method(scenario, method, seed, fleet, pretrained, session.run, session.view,
+                       [session.trace.observer(spec.name, seed)],
+                       checkpoint=saved if isinstance(method, Checkpointable) else None, executor=session.executor)
+        finally:
+            saved.close()
+        checkpoints.finished(index, seed)
+        shutil.rmtree(spill, ignore_errors=True)  # spilled states of a finished method
 
 
 def run_method(

@@ -30,8 +30,9 @@ EXPECTED = {
     "duplicate_methods.yaml": [
         "17: methods.1.name: duplicate method name 'comigs' (also methods.0.name)"],
     "several_problems.yaml": [
-        "16: methods.0.kind: Input should be 'comigs', 'hetlora', 'fedavg', 'local', 'ffa_lora', 'flexlora', "
-        "'pcl', 'pretrained', 'centralized', 'local_moe', 'fedavg_moe' or 'pfedmoe' (got 'comgis')",
+        "16: methods.0.kind: unknown method kind 'comgis' (expected one of: comigs, hetlora, fedavg, local, "
+        "ffa_lora, flexlora, pcl, pretrained, centralized, local_moe, fedavg_moe, pfedmoe, "
+        "or package.module:ClassName)",
         "20: world.fleet: required key missing",
         "22: world.dropout.hazard_per_hr: unknown key (did you mean 'hazard_per_hour'?)",
         "26: world.server.deadline_s: Input should be greater than 0",
@@ -108,7 +109,7 @@ def test_async_policies_load_for_methods_that_merge_staleness_weighted_updates()
         extra = ["world.server.buffer_size=3"] if policy == "fedbuff" else []
         s = load_scenario(MINIMAL, [f"world.server.policy={policy}", "world.server.concurrency=3", *extra])
         assert s.world.server.policy == policy and [m.kind for m in s.methods] == ["comigs", "hetlora"]
-    s = load_scenario(MINIMAL, ["world.server.policy=fedbuff", "world.server.buffer_size=2", "methods.1.kind=fedavg"])
+    s = load_scenario(MINIMAL, ["world.server.policy=fedbuff", "world.server.buffer_size=2", "methods.0.kind=fedavg"])
     assert s.world.server.buffer == 2
 
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from simfed.learn.aggregate import buffered_merge, deltas, hetlora_aggregate, hetlora_buffered_merge
-from simfed.learn.methods.base import Method
+from simfed.learn.methods.base import MergesAsync
 from simfed.learn.methods.comigs import CoMiGS
 from simfed.learn.methods.fedavg import FedAvg
 from simfed.learn.methods.flexlora import FlexLoRA
 from simfed.learn.methods.hetlora import HetLoRA
-from simfed.learn.spec import ASYNC_KINDS
+from simfed.learn.methods.registry import kinds_with
 
 SERVER = {"w": torch.tensor([1.0, 2.0]), "only_server": torch.tensor([5.0])}
 UPLOADS = [{"w": torch.tensor([3.0, 2.0])}, {"w": torch.tensor([0.0, 6.0])}]
@@ -87,8 +87,8 @@ def test_hetlora_one_fresh_update_from_a_zero_server_is_the_synchronous_merge():
         torch.testing.assert_close(merged[name], expected[name])
 
 
-def test_the_async_kinds_are_the_methods_that_implement_aggregate_async():
-    assert set(ASYNC_KINDS) == {"comigs", "fedavg", "hetlora"}
+def test_the_async_kinds_are_the_classes_that_declare_merges_async():
+    assert set(kinds_with(MergesAsync)) == {"comigs", "fedavg", "hetlora"}  # the methods ALGORITHMS.md gives a buffered merge
     for cls in (CoMiGS, FedAvg, HetLoRA):
-        assert cls.aggregate_async is not Method.aggregate_async
-    assert FlexLoRA.aggregate_async is Method.aggregate_async
+        assert issubclass(cls, MergesAsync)
+    assert not issubclass(FlexLoRA, MergesAsync) and not hasattr(FlexLoRA, "aggregate_async")

@@ -18,8 +18,8 @@ from simfed.learn.evaluate import evaluation_windows
 from simfed.learn.flops import ModelDims, step_flops
 from simfed.learn.methods.base import LocalPlan
 from simfed.learn.methods.federation import torch_generator
-from simfed.learn.methods.registry import METHODS, build_method
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.methods.registry import build_method, builtin_kinds
+from simfed.learn.spec import MethodSpec, TrainingSpec, method_spec
 from tests.learn.conftest import adapted
 from tests.learn.helpers import LOW_END, clients_for, randomise_lora_b, random_ids
 
@@ -35,9 +35,9 @@ def one_round(model, data, spec: MethodSpec, training: TrainingSpec = TRAINING):
     return method, updates
 
 
-@pytest.mark.parametrize("kind", sorted(METHODS))
+@pytest.mark.parametrize("kind", sorted(builtin_kinds()))
 def test_every_kind_runs_a_round_on_llama(tiny_llama, toy_data, kind):
-    method, updates = one_round(tiny_llama, toy_data, MethodSpec(name=kind, kind=kind))
+    method, updates = one_round(tiny_llama, toy_data, method_spec(name=kind, kind=kind))
     for c in (0, 1):
         assert math.isfinite(method.evaluate(c).ppl)
         assert method.round_flops(c) >= 0
@@ -48,7 +48,7 @@ def test_every_kind_runs_a_round_on_llama(tiny_llama, toy_data, kind):
 
 
 def test_pretrained_is_the_base_model_for_free(tiny_gpt2, toy_data):
-    method, updates = one_round(tiny_gpt2, toy_data, MethodSpec(name="pt", kind="pretrained"))
+    method, updates = one_round(tiny_gpt2, toy_data, method_spec(name="pt", kind="pretrained"))
     for c in (0, 1):
         assert updates[c].upload == {} and updates[c].n_tokens == 0
         assert method.upload_shapes(c) == {} and method.download_shapes(c) == {} and method.download(c) == {}
@@ -71,7 +71,7 @@ def test_pretrained_is_the_base_model_for_free(tiny_gpt2, toy_data):
     ("pfedmoe", 2 * (ATTN + EXPERT), {0}),
 ])
 def test_joint_moe_shares_what_it_says(tiny_gpt2, toy_data, kind, numel, experts):
-    method, updates = one_round(tiny_gpt2, toy_data, MethodSpec(name=kind, kind=kind, tau=1))
+    method, updates = one_round(tiny_gpt2, toy_data, method_spec(name=kind, kind=kind))
     for c in (0, 1):
         upload = updates[c].upload
         assert sum(t.numel() for t in upload.values()) == numel
@@ -83,7 +83,7 @@ def test_joint_moe_shares_what_it_says(tiny_gpt2, toy_data, kind, numel, experts
 def test_joint_moe_trains_routers_in_the_expert_step(tiny_gpt2, toy_data, monkeypatch):
     phases = []
     monkeypatch.setattr(local_update, "router_phase", lambda *a, **k: phases.append(1))
-    method = build_method(MethodSpec(name="p", kind="pfedmoe", tau=1), TRAINING, tiny_gpt2)
+    method = build_method(method_spec(name="p", kind="pfedmoe"), TRAINING, tiny_gpt2)
     method.setup(clients_for(toy_data, [LOW_END, LOW_END]), seed=0)
     fresh = tiny_gpt2.new_adapters(AdapterShape(2, 8, 8), torch_generator(0, 0))
     method.local_update(0, method.download(0), LocalPlan(0, 2, seed=0))
@@ -118,7 +118,7 @@ def test_joint_moe_flops_match_the_flop_counter():
 def test_router_split_picks_the_router_batches(tiny_gpt2, toy_data, monkeypatch, split):
     seen = []
     monkeypatch.setattr(local_update, "router_phase", lambda model, state, tokens, *a: seen.append(tokens))
-    method = build_method(MethodSpec(name="c", kind="comigs", tau=1, router_split=split), TRAINING, tiny_gpt2)
+    method = build_method(method_spec(name="c", kind="comigs", tau=1, router_split=split), TRAINING, tiny_gpt2)
     method.setup(clients_for(toy_data, [LOW_END, LOW_END]), seed=0)
     method.local_update(1, method.download(1), LocalPlan(0, 2, seed=0))
     assert len(seen) == TRAINING.local_steps

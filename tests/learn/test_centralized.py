@@ -12,7 +12,7 @@ import simfed.learn.local_update as local_update
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
 from simfed.learn.methods.base import LocalPlan
 from simfed.learn.methods.registry import build_method
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import TrainingSpec, method_spec
 from tests.learn.helpers import LOW_END, clients_for
 
 TRAINING = TrainingSpec(local_steps=2, batch_size=2, seq_len=32, eval_windows=2)
@@ -28,7 +28,7 @@ def run(model, data, monkeypatch=None, seen=None):
             return real(m, windows)
 
         monkeypatch.setattr(local_update, "next_token_loss", spy)
-    method = build_method(MethodSpec(name="c", kind="centralized"), TRAINING, model)
+    method = build_method(method_spec(name="c", kind="centralized"), TRAINING, model)
     method.setup(clients_for(data, [LOW_END] * len(data)), seed=0)
     for r in range(ROUNDS):
         updates = [method.local_update(c, method.download(c), LocalPlan(r, ROUNDS, seed=0)) for c in range(len(data))]
@@ -78,7 +78,7 @@ def test_every_device_is_measured_on_the_one_model(tiny_gpt2, toy_data):
 def test_a_checkpoint_restores_the_model_and_its_optimizer(tiny_gpt2, toy_data):
     method, _ = run(tiny_gpt2, toy_data)
     saved = method.state_dict()
-    again = build_method(MethodSpec(name="c", kind="centralized"), TRAINING, tiny_gpt2)
+    again = build_method(method_spec(name="c", kind="centralized"), TRAINING, tiny_gpt2)
     again.setup(clients_for(toy_data, [LOW_END] * 2), seed=0)
     again.load_state_dict(saved)
     for m in (method, again):  # one more round each: identical

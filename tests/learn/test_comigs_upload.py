@@ -11,7 +11,7 @@ import torch
 
 from simfed.learn.methods.base import LocalPlan
 from simfed.learn.methods.comigs import CoMiGS
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import TrainingSpec, method_spec
 from simfed.run.payload import TRAVEL_DTYPES, payload_bytes, shapes_bytes
 from tests.learn.helpers import FLAGSHIP, LOW_END, clients_for
 
@@ -37,7 +37,7 @@ def expected_upload(experts: list[int]) -> dict[str, tuple[int, ...]]:
 
 
 def one_round(model, data, variant: str, budgets) -> tuple[CoMiGS, list]:
-    method = CoMiGS(MethodSpec(name=variant, kind="comigs", variant=variant), TRAINING, model)
+    method = CoMiGS(method_spec(name=variant, kind="comigs", variant=variant), TRAINING, model)
     method.setup(clients_for(data, budgets), seed=0)
     updates = [method.local_update(c, method.download(c), LocalPlan(0, 1, seed=0)) for c in range(len(budgets))]
     return method, updates
@@ -104,11 +104,11 @@ def test_1gxs_can_give_a_device_the_generalist_alone(tiny_gpt2, toy_data):
     it trains, uploads the generalist and attention LoRA, and has no router phase."""
     from simfed.learn.methods.base import Budget, LocalPlan
     from simfed.learn.methods.registry import build_method
-    from simfed.learn.spec import MethodSpec, TrainingSpec
+    from simfed.learn.spec import TrainingSpec, method_spec
     from tests.learn.helpers import FLAGSHIP, clients_for
 
     weakest = Budget(memory_bytes=3e9, flops_per_s=10e9)
-    spec = MethodSpec(name="c", kind="comigs", variant="1gxs", max_experts=4, min_experts=1, tau=1)
+    spec = method_spec(name="c", kind="comigs", variant="1gxs", max_experts=4, min_experts=1, tau=1)
     method = build_method(spec, TrainingSpec(local_steps=2, batch_size=2, seq_len=32, eval_windows=2), tiny_gpt2)
     method.setup(clients_for(toy_data, [FLAGSHIP, weakest]), seed=0)
     assert [method.fed.shapes[c].n_experts for c in (0, 1)] == [4, 1]

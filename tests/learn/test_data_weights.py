@@ -13,7 +13,7 @@ from simfed.data.tokenized import ByteTokenizer
 from simfed.learn.lora import LORA_ALPHA
 from simfed.learn.methods.base import LocalPlan
 from simfed.learn.methods.registry import build_method
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import TrainingSpec, method_spec
 from tests.learn.helpers import FLAGSHIP, LOW_END, clients_for
 
 TRAINING = TrainingSpec(local_steps=1, batch_size=2, seq_len=32, eval_windows=2)
@@ -44,7 +44,7 @@ def one_round(model, data, spec, budgets):
 
 @pytest.mark.parametrize("kind", ["fedavg", "comigs"])
 def test_tokens_weights_are_training_split_sizes(tiny_gpt2, unequal, kind):
-    spec = MethodSpec(name=kind, kind=kind, aggregation_weights="tokens")
+    spec = method_spec(name=kind, kind=kind, aggregation_weights="tokens")
     method, updates = one_round(tiny_gpt2, unequal, spec, [LOW_END, LOW_END])
     assert method.fed.client_weights(updates, "tokens") == [N0, N1]
     for name, merged in method.fed.server.items():
@@ -53,7 +53,7 @@ def test_tokens_weights_are_training_split_sizes(tiny_gpt2, unequal, kind):
 
 
 def test_flexlora_weighs_each_device_by_its_training_split(tiny_gpt2, unequal):
-    method, updates = one_round(tiny_gpt2, unequal, MethodSpec(name="flex", kind="flexlora"), [FLAGSHIP, LOW_END])
+    method, updates = one_round(tiny_gpt2, unequal, method_spec(name="flex", kind="flexlora"), [FLAGSHIP, LOW_END])
     scales = [LORA_ALPHA / math.sqrt(32), LORA_ALPHA / math.sqrt(16)]
     module = "layers.0.mlp.experts.0.c_fc"
     delta = sum(w * s * (u.upload[f"{module}.lora_B"].double() @ u.upload[f"{module}.lora_A"].double())

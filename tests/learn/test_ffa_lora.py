@@ -16,7 +16,7 @@ from simfed.learn.flops import ModelDims
 from simfed.learn.local_update import next_token_loss
 from simfed.learn.methods.base import LocalPlan
 from simfed.learn.methods.ffa_lora import FFALoRA, frozen_a_savings
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import TrainingSpec, method_spec
 from simfed.run.payload import shapes_bytes
 from tests.learn.conftest import adapted
 from tests.learn.helpers import LOW_END, clients_for, randomise_lora_b, random_ids
@@ -27,7 +27,7 @@ ROUNDS = 3
 
 @pytest.fixture(scope="module")
 def history(tiny_gpt2, toy_data):
-    spec = MethodSpec(name="ffa", kind="ffa_lora")
+    spec = method_spec(name="ffa", kind="ffa_lora")
     training = TrainingSpec(local_steps=3, batch_size=2, seq_len=32, eval_windows=2)
     method = FFALoRA(spec, training, tiny_gpt2)
     method.setup(clients_for(toy_data, [LOW_END, LOW_END]), seed=0)

@@ -15,7 +15,7 @@ from simfed.learn.aggregate import flexlora_aggregate, flexlora_redistribute
 from simfed.learn.lora import LORA_ALPHA
 from simfed.learn.methods.base import LocalPlan
 from simfed.learn.methods.flexlora import FlexLoRA
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import TrainingSpec, method_spec
 from tests.learn.helpers import FLAGSHIP, LOW_END, clients_for
 
 MODULES = {"layers.0.attn.q": (6, 10), "layers.0.mlp.experts.0.up": (12, 5)}  # name → (in, out)
@@ -88,7 +88,7 @@ def test_zero_padding_when_the_uploads_hold_less_rank_than_the_server():
 
 
 def test_method_round_matches_the_dense_reference(tiny_gpt2, toy_data):
-    spec = MethodSpec(name="flex", kind="flexlora")
+    spec = method_spec(name="flex", kind="flexlora")
     training = TrainingSpec(local_steps=2, batch_size=2, seq_len=32, eval_windows=2)
     method = FlexLoRA(spec, training, tiny_gpt2)
     method.setup(clients_for(toy_data, [FLAGSHIP, LOW_END]), seed=0)
@@ -121,7 +121,7 @@ def test_method_round_matches_the_dense_reference(tiny_gpt2, toy_data):
 
 
 def test_a_device_that_never_trained_evaluates_its_share_of_the_server(tiny_gpt2, toy_data):
-    method = FlexLoRA(MethodSpec(name="flex", kind="flexlora"), TrainingSpec(local_steps=1, batch_size=2, seq_len=32, eval_windows=2), tiny_gpt2)
+    method = FlexLoRA(method_spec(name="flex", kind="flexlora"), TrainingSpec(local_steps=1, batch_size=2, seq_len=32, eval_windows=2), tiny_gpt2)
     method.setup(clients_for(toy_data, [FLAGSHIP, LOW_END]), seed=0)
     method.aggregate([method.local_update(0, method.download(0), LocalPlan(0, 2, seed=0))], 0)
     held = method.fed.local_adapters(1).views()  # client 1 (rank 16) never trained

@@ -8,7 +8,7 @@ import torch
 
 from simfed.learn.methods.base import LocalPlan
 from simfed.learn.methods.hetlora import HetLoRA, mlp_loras
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import TrainingSpec, method_spec
 from tests.learn.helpers import FLAGSHIP, LOW_END, clients_for
 
 ROUNDS = 6
@@ -21,7 +21,7 @@ def largest(t: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def history(tiny_gpt2, toy_data):
     """Run HetLoRA (ranks 32 and 16, the strongest pruning weight) and record each round."""
-    spec = MethodSpec(name="hetlora", kind="hetlora", prune_lambda=5e-2)
+    spec = method_spec(name="hetlora", kind="hetlora", prune_lambda=5e-2)
     training = TrainingSpec(local_steps=3, batch_size=2, seq_len=32, eval_windows=4)
     method = HetLoRA(spec, training, tiny_gpt2)
     method.setup(clients_for(toy_data, [FLAGSHIP, LOW_END]), seed=0)

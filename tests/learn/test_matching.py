@@ -16,7 +16,7 @@ import pytest
 from simfed.learn.matching import device_shape, matching_rule
 from simfed.learn.methods.registry import build_method
 from simfed.learn.params import method_param_counts
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import MethodSpec, TrainingSpec, method_spec
 from tests.learn.helpers import FLAGSHIP, LOW_END, clients_for
 
 TRAINING = TrainingSpec(local_steps=1, batch_size=2, seq_len=32, eval_windows=2)
@@ -47,16 +47,16 @@ def test_matched_baselines_carry_1g1s_lora_without_its_router(card_model, toy_da
     a, m = SITES[card]
     expected = L * (8 * a + 2 * 8 * m)  # two averaged MLP experts of rank 8, attention rank 8, no router
     assert expected == by_hand_1g1s(card) - L * 2 * D
-    got = counts(model, toy_data, MethodSpec(name=kind, kind=kind), [LOW_END, LOW_END])
+    got = counts(model, toy_data, method_spec(name=kind, kind=kind), [LOW_END, LOW_END])
     assert got == {0: (expected, expected), 1: (expected, expected)}
-    comigs = counts(model, toy_data, MethodSpec(name="c", kind="comigs"), [LOW_END, LOW_END])
+    comigs = counts(model, toy_data, method_spec(name="c", kind="comigs"), [LOW_END, LOW_END])
     assert comigs[0] == (by_hand_1g1s(card), by_hand_1g1s(card))
 
 
 def test_unmatched_baselines_are_one_lora(card_model, toy_data):
     card, model = card_model
     a, m = SITES[card]
-    got = counts(model, toy_data, MethodSpec(name="f", kind="fedavg", match="none"), [LOW_END, LOW_END])
+    got = counts(model, toy_data, method_spec(name="f", kind="fedavg", match="none"), [LOW_END, LOW_END])
     assert got[0] == (L * 8 * (a + m),) * 2
 
 
@@ -66,7 +66,7 @@ def test_ffa_lora_holds_the_1g1s_lora_at_mlp_rank_16_and_trains_only_b(card_mode
     out_attn, out_mlp = OUT[card]
     held = L * (8 * a + 16 * m)
     trainable = L * (8 * out_attn + 16 * out_mlp)  # B (out × r) only; A frozen
-    got = counts(model, toy_data, MethodSpec(name="ffa", kind="ffa_lora"), [LOW_END, LOW_END])
+    got = counts(model, toy_data, method_spec(name="ffa", kind="ffa_lora"), [LOW_END, LOW_END])
     assert got[0] == (trainable, held)
     assert held == by_hand_1g1s(card) - L * 2 * D
 
@@ -80,8 +80,8 @@ def test_hetlora_full_32_16_16_16_against_1gxs_4_2_2_2(card_model, toy_data):
     a, m = SITES[card]
     data = [toy_data[0], toy_data[1], toy_data[0], toy_data[1]]
     budgets = [FLAGSHIP, LOW_END, LOW_END, LOW_END]
-    het = counts(model, data, MethodSpec(name="h", kind="hetlora", match="full"), budgets)
-    gxs = counts(model, data, MethodSpec(name="c", kind="comigs", variant="1gxs", max_experts=4), budgets)
+    het = counts(model, data, method_spec(name="h", kind="hetlora", match="full"), budgets)
+    gxs = counts(model, data, method_spec(name="c", kind="comigs", variant="1gxs", max_experts=4), budgets)
     ranks, experts = [32, 16, 16, 16], [4, 2, 2, 2]
     for c in range(4):
         assert het[c] == (L * (8 * a + ranks[c] * m),) * 2
@@ -96,7 +96,7 @@ def test_hetlora_full_32_16_16_16_against_1gxs_4_2_2_2(card_model, toy_data):
 
 def test_hetlora_and_flexlora_keep_attention_at_rank_8(tiny_gpt2, toy_data):
     for kind in ("hetlora", "flexlora"):
-        method = build_method(MethodSpec(name=kind, kind=kind, rank=4), TRAINING, tiny_gpt2)
+        method = build_method(method_spec(name=kind, kind=kind, rank=4), TRAINING, tiny_gpt2)
         method.setup(clients_for(toy_data, [FLAGSHIP, LOW_END]), seed=0)
         for c, mlp_rank in ((0, 16), (1, 8)):  # rank 4 × E = 4, 2
             shapes = method.download_shapes(c)
@@ -106,7 +106,7 @@ def test_hetlora_and_flexlora_keep_attention_at_rank_8(tiny_gpt2, toy_data):
 
 
 def test_comigs_attention_rank_is_8_whatever_the_expert_rank(tiny_gpt2, toy_data):
-    method = build_method(MethodSpec(name="c", kind="comigs", rank=4), TRAINING, tiny_gpt2)
+    method = build_method(method_spec(name="c", kind="comigs", rank=4), TRAINING, tiny_gpt2)
     method.setup(clients_for(toy_data, [LOW_END, LOW_END]), seed=0)
     shapes = method.upload_shapes(0)
     assert shapes["layers.0.attn.c_attn.lora_A"] == (8, 64)
@@ -118,11 +118,11 @@ def test_comigs_attention_rank_is_8_whatever_the_expert_rank(tiny_gpt2, toy_data
     ("hetlora", "paper (= full): MLP rank 8 × E"), ("comigs", "reference"),
 ])
 def test_the_rule_is_named(kind, words):
-    assert words in matching_rule(MethodSpec(name=kind, kind=kind))
+    assert words in matching_rule(method_spec(name=kind, kind=kind))
 
 
 def test_averaged_experts_have_no_router():
-    shape = device_shape(MethodSpec(name="l", kind="local"), 0.0, 0.0)
+    shape = device_shape(method_spec(name="l", kind="local"), 0.0, 0.0)
     assert (shape.n_experts, shape.routed, shape.has_router) == (2, False, False)
 
 

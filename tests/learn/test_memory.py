@@ -67,9 +67,11 @@ def test_shrink_sizes_a_device_as_if_it_had_less_memory_until_its_training_fits(
     import simfed.run.runner as runner
     from simfed.data.federated import UserData
     from simfed.learn.methods.base import Budget, ClientInfo
-    from simfed.learn.spec import MethodSpec, TrainingSpec
+    from simfed.learn.spec import TrainingSpec, method_spec
 
-    monkeypatch.setattr(runner, "memory_need",
+    import simfed.learn.methods.adapter_method as adapter_method
+
+    monkeypatch.setattr(adapter_method, "memory_need",
                         lambda dims, shape, *rest: dataclasses.make_dataclass("N", [("total", int)])(2_000_000_000 * shape.n_experts))
     tokens = np.arange(2000, dtype=np.int64) % 200
     data = UserData(name="u", source="toy", train=tokens, val=tokens, test=tokens)
@@ -77,7 +79,7 @@ def test_shrink_sizes_a_device_as_if_it_had_less_memory_until_its_training_fits(
              dataclasses.replace(plain_device(1, 200e9), memory_bytes=1_000_000_000)]
     clients = [ClientInfo(d.device_id, Budget(float(d.memory_bytes), d.flops_per_s), data) for d in fleet]
     training = TrainingSpec(local_steps=1, batch_size=2, seq_len=16)
-    comigs = MethodSpec(name="c", kind="comigs", variant="1gxs", max_experts=4)
+    comigs = method_spec(name="c", kind="comigs", variant="1gxs", max_experts=4)
 
     ignored, _ = runner.setup_method(comigs, training, tiny_gpt2, clients, 0, fleet, "exclude")
     assert [ignored.fed.shapes[c].n_experts for c in (0, 1)] == [4, 2]
@@ -90,12 +92,12 @@ def test_dry_mode_shrinks_by_the_same_rule(tiny_gpt2, monkeypatch):
     import dataclasses
 
     import simfed.run.dry as dry
-    from simfed.learn.spec import MethodSpec, TrainingSpec
+    from simfed.learn.spec import TrainingSpec, method_spec
 
     monkeypatch.setattr(dry, "memory_need",
                         lambda dims, shape, *rest: dataclasses.make_dataclass("N", [("total", int)])(2_000_000_000 * shape.n_experts))
     device = dataclasses.replace(plain_device(0, 200e9), memory_bytes=6_000_000_000)
-    spec = MethodSpec(name="c", kind="comigs", variant="1gxs", max_experts=4)
+    spec = method_spec(name="c", kind="comigs", variant="1gxs", max_experts=4)
     training = TrainingSpec(local_steps=1, batch_size=2, seq_len=16)
     dims = ModelDims.of(tiny_gpt2)
     assert dry.DryMethod(spec, training, dims, "exclude").shape(device).n_experts == 4

@@ -16,7 +16,7 @@ from simfed.learn.adapters import copy_into
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
 from simfed.learn.methods.base import LocalPlan
 from simfed.learn.methods.pcl import PCL, split_peers
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import TrainingSpec, method_spec
 from tests.learn.helpers import LOW_END, clients_for
 
 TRAINING = TrainingSpec(local_steps=2, batch_size=2, seq_len=32, eval_windows=3)
@@ -50,7 +50,7 @@ def test_schedule_and_bytes_with_the_paper_defaults(tiny_gpt2, toy_data):
     """The reference mixes after local training in every epoch with `epoch > 3 and epoch % 2 == 0`:
     the models of those rounds go up, and the mix of them opens the next round."""
     users = three_users(toy_data)
-    method = PCL(MethodSpec(name="pcl", kind="pcl"), TRAINING, tiny_gpt2)  # start 4, every 2
+    method = PCL(method_spec(name="pcl", kind="pcl"), TRAINING, tiny_gpt2)  # start 4, every 2
     method.setup(clients_for(users, [LOW_END] * 3), seed=0)
     log = run_rounds(method, range(9), 3, 9)
     reference = [r for r in range(9) if r > 3 and r % 2 == 0]  # collab_run_client_level.py's condition
@@ -79,7 +79,7 @@ def after_upload_round(tiny_gpt2, toy_data):
     """Collaborate after every round from round 0: round 0 trains and uploads; the test then drives
     round 1's mix."""
     users = three_users(toy_data)
-    method = PCL(MethodSpec(name="pcl", kind="pcl", pcl_start=0, pcl_every=1), TRAINING, tiny_gpt2)
+    method = PCL(method_spec(name="pcl", kind="pcl", pcl_start=0, pcl_every=1), TRAINING, tiny_gpt2)
     method.setup(clients_for(users, [LOW_END] * 3), seed=0)
     (_, _, updates), = run_rounds(method, range(1), 3, 4)
     return method, users, {u.client: u.upload for u in updates}

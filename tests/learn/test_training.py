@@ -7,7 +7,7 @@ import pytest
 
 from simfed.learn.methods.base import LocalPlan
 from simfed.learn.methods.registry import build_method
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import TrainingSpec, method_spec
 from tests.learn.helpers import FLAGSHIP, LOW_END, clients_for
 
 TRAINING = TrainingSpec(local_steps=10, batch_size=4, seq_len=64, eval_windows=8)
@@ -24,7 +24,7 @@ def run_rounds(method, n_clients: int, rounds: int) -> list:
 
 def test_comigs_1g1s_lowers_each_devices_validation_perplexity(tiny_gpt2, toy_data):
     # tau = 10: a router phase (3 steps on validation batches) at the end of every round
-    spec = MethodSpec(name="comigs", kind="comigs", variant="1g1s", tau=10, router_steps=3)
+    spec = method_spec(name="comigs", kind="comigs", variant="1g1s", tau=10, router_steps=3)
     method = build_method(spec, TRAINING, tiny_gpt2)
     method.setup(clients_for(toy_data, [LOW_END, LOW_END]), seed=0)
     before = [method.evaluate(c, "val").ppl for c in (0, 1)]
@@ -43,7 +43,7 @@ def test_comigs_1g1s_lowers_each_devices_validation_perplexity(tiny_gpt2, toy_da
 @pytest.mark.parametrize("kind", ["fedavg", "local", "hetlora"])
 def test_baselines_train_without_error(tiny_gpt2, toy_data, kind):
     training = TrainingSpec(local_steps=3, batch_size=2, seq_len=32, eval_windows=4)
-    method = build_method(MethodSpec(name=kind, kind=kind), training, tiny_gpt2)
+    method = build_method(method_spec(name=kind, kind=kind), training, tiny_gpt2)
     method.setup(clients_for(toy_data, [FLAGSHIP, LOW_END]), seed=0)
     before = [method.evaluate(c).ppl for c in (0, 1)]
     history = run_rounds(method, 2, rounds=2)
@@ -60,7 +60,7 @@ def test_baselines_train_without_error(tiny_gpt2, toy_data, kind):
 
 def test_fedavg_devices_share_one_model_after_download(tiny_gpt2, toy_data):
     training = TrainingSpec(local_steps=2, batch_size=2, seq_len=32, eval_windows=4)
-    method = build_method(MethodSpec(name="fedavg", kind="fedavg"), training, tiny_gpt2)
+    method = build_method(method_spec(name="fedavg", kind="fedavg"), training, tiny_gpt2)
     method.setup(clients_for(toy_data, [LOW_END, LOW_END]), seed=0)
     (updates,) = run_rounds(method, 2, rounds=1)
     # the server now holds the uniform mean of the two uploads
@@ -81,7 +81,7 @@ def test_bf16_autocast_trains_comigs_with_fp32_weights(toy_data):
     results = {}
     for dtype in (None, torch.bfloat16):
         model = AdaptedModel(load_base_model(load_card("tiny-gpt2")), autocast=dtype)
-        spec = MethodSpec(name="comigs", kind="comigs", variant="1g1s", tau=10, router_steps=3)
+        spec = method_spec(name="comigs", kind="comigs", variant="1g1s", tau=10, router_steps=3)
         method = build_method(spec, TRAINING, model)
         method.setup(clients_for(toy_data, [LOW_END, LOW_END]), seed=0)
         before = method.evaluate(0, "val").ppl

@@ -14,7 +14,7 @@ from simfed.learn.flops import ModelDims
 from simfed.learn.methods.base import Budget, ClientInfo
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import TrainingSpec, method_spec
 from simfed.run.dry import DryMethod, DryWorkload, model_dims
 from simfed.run.payload import shapes_bytes
 from simfed.run.progress import ProgressView
@@ -42,8 +42,8 @@ def test_dims_from_the_config_equal_the_loaded_model(tiny):
 
 
 @pytest.mark.parametrize("spec", [
-    MethodSpec(name="c", kind="comigs", variant="1gxs", rank=4, max_experts=4, tau=4, router_steps=2),
-    MethodSpec(name="h", kind="hetlora", rank=4, min_rank=2, max_rank=16),
+    method_spec(name="c", kind="comigs", variant="1gxs", rank=4, max_experts=4, tau=4, router_steps=2),
+    method_spec(name="h", kind="hetlora", rank=4, min_rank=2, max_rank=16),
 ], ids=["comigs-1gxs", "hetlora"])
 def test_dry_costs_equal_the_real_method(tiny, spec):
     card, model = tiny
@@ -92,7 +92,7 @@ def test_a_dry_run_writes_events_and_summary_and_trains_nothing(tmp_path: Path, 
     def forbidden(*args, **kwargs):
         raise AssertionError("dry mode must not load the model, build the federation or train")
 
-    for name in ("load_base_model", "build_federation", "build_method", "evaluate_pretrained"):
+    for name in ("load_adapted_model", "build_federation", "build_method", "evaluate_pretrained"):
         monkeypatch.setattr(runner, name, forbidden)
     path = tmp_path / "dry.yaml"
     path.write_text(SCENARIO.format(cache=tmp_path / "cache"))

@@ -98,9 +98,8 @@ def test_training_calls_and_tallies_are_the_same_on_both_executors(local_run, ra
 def test_a_method_without_replica_support_is_refused_with_its_name() -> None:
     from simfed.run.executor import ExecutorError, RayExecutor
 
-    class NotRemote:
+    class NotRemote:  # a method class that does not derive from Replicable
         name = "odd"
-        remote_ready = False
 
     executor = RayExecutor.__new__(RayExecutor)  # no actors: bind refuses before using any
     with pytest.raises(ExecutorError, match="'odd' cannot run on the 'ray' executor"):

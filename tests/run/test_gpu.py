@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 
 
 def test_auto_picks_cuda_with_bf16_autocast():
-    from simfed.run.runner import autocast_dtype, pick_device
+    from simfed.learn.device import autocast_dtype, pick_device
 
     device = pick_device("auto")
     assert device.type == "cuda"

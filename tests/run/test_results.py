@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from simfed.report.plots import mean_curves, plot_run
+from simfed.report.plots import mean_curves, plot_closed_run, plot_run
 from simfed.run.results import METRICS_HEADER, RunDirectory, read_metrics, summarize_metrics
 from simfed.sim.events import SimEvent
 
@@ -79,8 +79,24 @@ def test_complete_run_summary(tmp_path):
     assert comigs["final_mean_ppl"] == 10.0
     assert comigs["measured_model"] == "tiny-gpt2, 1.2M params"
     assert comigs["stragglers"] is None and comigs["finished"] is True
+    assert [p.name for p in plot_closed_run(run)] == ["ppl_vs_time.png", "ppl_vs_bytes.png"]  # no events: no timeline
     assert (run.path / "ppl_vs_time.png").stat().st_size > 0
     assert (run.path / "ppl_vs_bytes.png").stat().st_size > 0
+
+
+def test_a_plot_that_fails_is_recorded_after_the_run_ended(tmp_path, monkeypatch):
+    import simfed.report.plots as plots
+
+    with make(tmp_path) as run:
+        evaluate(run, "comigs", 0, 1, [10.0, 30.0])
+
+    def broken(path):
+        raise ValueError("no canvas")
+
+    monkeypatch.setattr(plots, "plot_run", broken)
+    assert plots.plot_closed_run(run) == []
+    summary = json.loads((run.path / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["error"] == "plots failed: no canvas"
 
 
 def test_interrupted_run_keeps_everything(tmp_path):
@@ -96,7 +112,7 @@ def test_interrupted_run_keeps_everything(tmp_path):
     assert summary["methods"]["hetlora"]["finished"] is False
     assert summary["methods"]["hetlora"]["final_mean_ppl"] == 60.0
     assert summary["methods"]["hetlora"]["bytes_down"] == 2000
-    assert (run.path / "ppl_vs_time.png").exists()
+    assert plot_closed_run(run) and (run.path / "ppl_vs_time.png").exists()  # from the rows kept
 
 
 def test_failed_run_records_the_error(tmp_path):

@@ -1,18 +1,22 @@
-"""The seam between the learning and the run glue: `Method` and the typed values it exchanges.
+"""The seam between the learning and the run glue: `Method`, its protocols, and the typed values.
 
 A method is plain torch code with five verbs (DESIGN.md): setup, download, local_update,
-aggregate, evaluate — plus the two questions the simulated world must have answered *before*
-any training: how many FLOPs a device's local round costs and which tensors (shapes) it uploads.
+aggregate, evaluate. What else the run glue may ask of it is a protocol the class declares by
+deriving from it: `Costs` (bytes, FLOPs and memory of a round before any training: every method
+the runner drives has it), `Checkpointable` (resume), `Replicable` (remote executors) and
+`MergesAsync` (FedBuff/FedAsync). Methods over an `AdapterFederation` get all the delegating
+defaults from `simfed.learn.methods.adapter_method.AdapterMethod`.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
 from simfed.data.federated import UserData
+from simfed.learn.spec import MethodSpec
 
 
 @dataclass(frozen=True)
@@ -62,9 +66,20 @@ Split = Literal["train", "val", "test"]
 
 
 class Method(ABC):
-    """A federated fine-tuning method over one shared frozen base model."""
+    """A federated fine-tuning method over one shared frozen base model: the learning verbs.
+
+    What a method can do beyond learning, it declares by also deriving from the protocols below
+    (`Costs`, `Checkpointable`, `Replicable`, `MergesAsync`); the run glue asks `isinstance`,
+    never `getattr`. `spec_type` is the pydantic class of its scenario section (simfed/learn/spec.py):
+    the method is built as `cls(spec, training, model)`."""
 
     name: str
+    spec: MethodSpec
+    spec_type: ClassVar[type[MethodSpec]]
+    measured_model: ClassVar[str] = (
+        "each device's local model after its last local update, before aggregation "
+        "(devices that never trained: the server model with fresh private adapters)"
+    )
 
     @abstractmethod
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
@@ -82,18 +97,19 @@ class Method(ABC):
     def aggregate(self, updates: list[Update], round_index: int) -> None:
         """The server's merge of the updates it accepted this round."""
 
-    def aggregate_async(
-        self, updates: list[Update], bases: list[dict[str, torch.Tensor]], weights: list[float], round_index: int
-    ) -> None:
-        """FedBuff/FedAsync's merge of buffered updates trained from possibly older model versions:
-        `bases[i]` is the payload update i's device downloaded (its upload minus that is its delta),
-        `weights[i]` its staleness weight 1/√(1+s); `round_index` is the model version merged.
-        Only the kinds in `simfed.learn.spec.ASYNC_KINDS` implement it."""
-        raise NotImplementedError(f"{self.name}: this method cannot merge asynchronous (staleness-weighted) updates")
-
     @abstractmethod
     def evaluate(self, client: int, split: Split = "test") -> EvalResult:
         """Perplexity and next-token accuracy of `client`'s current local model on a split."""
+
+    def describe_client(self, client: int) -> str:
+        """A short human label of the client's structure, e.g. '1G+3S r8' or 'rank 16'."""
+        return ""
+
+
+class Costs(ABC):
+    """The questions the simulated world must have answered *before* any training: bytes, FLOPs,
+    memory traffic and memory of a device's next round. Answers come from shapes and the model's
+    dimensions (`simfed.learn.flops`, `simfed.learn.memory`), never from running torch."""
 
     @abstractmethod
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
@@ -108,49 +124,57 @@ class Method(ABC):
         """FLOPs of `client`'s local work in one round (expert steps and router phases)."""
 
     def round_activation_bytes(self, client: int) -> float:
-        """Element-wise memory traffic of `client`'s local round (`simfed.learn.flops`); 0 = none.
-        The default is the federation's count for the client's adapter shape."""
-        fed = getattr(self, "fed", None)
-        return fed.round_activation_bytes(client) if fed is not None else 0.0
+        """Element-wise memory traffic of `client`'s local round (`simfed.learn.flops`); 0 = none."""
+        return 0.0
 
-    def describe_client(self, client: int) -> str:
-        """A short human label of the client's structure, e.g. '1G+3S r8' or 'rank 16'."""
-        return ""
+    def memory_need(self, client: int) -> int | None:
+        """Bytes `client` needs to train (simfed/learn/memory.py); None: no per-device training
+        state, taken as fitting (the engine's memory policy never excludes it)."""
+        return None
 
-    # --- checkpoints (`simfed run --resume`) ---------------------------------------------------
+
+class MergesAsync(ABC):
+    """A method whose server can merge FedBuff/FedAsync's staleness-weighted buffered updates."""
+
+    @abstractmethod
+    def aggregate_async(
+        self, updates: list[Update], bases: list[dict[str, torch.Tensor]], weights: list[float], round_index: int
+    ) -> None:
+        """`bases[i]` is the payload update i's device downloaded (its upload minus that is its delta),
+        `weights[i]` its staleness weight 1/√(1+s); `round_index` is the model version merged."""
+
+
+class Checkpointable(ABC):
+    """A method that `simfed run --resume` can checkpoint at a round's end."""
+
+    @abstractmethod
     def state_dict(self) -> dict:
         """What of the method changes as the run goes, at a round's end: {"tensors": {name: tensor},
         "clients": {client: ClientState or the path of its file}, "meta": JSON-able}. `setup` and
         then `load_state_dict` give a method that goes on exactly like the checkpointed one.
-        The default covers a method whose only changing state is `self.fed` (AdapterFederation);
-        a method with more (ranks, relayed models, flags) extends both. Client states may only
-        change in `local_update` (the checkpoint rewrites those of the devices that trained)."""
-        fed = getattr(self, "fed", None)
-        return fed.state_dict() if fed is not None else {"tensors": {}, "clients": {}, "meta": {}}
+        Client states may only change in `local_update` (the checkpoint rewrites those of the
+        devices that trained)."""
 
+    @abstractmethod
     def load_state_dict(self, state: dict) -> None:
         """Restore `state_dict()`'s value (its "clients" as {client: path of the saved state})."""
-        fed = getattr(self, "fed", None)
-        if fed is not None:
-            fed.load_state_dict(state)
 
-    # --- remote execution (simfed/run/executor.py) ----------------------------------------------
-    # A worker process holds a replica of the method, built and `setup` exactly like the driver's.
-    # One local update there must equal one here: the worker is sent the client's state and the
-    # little method state the update reads (`remote_context`), and gives back the new client
-    # state and what the update wrote of the method's own state (`remote_outcome`).
-    remote_ready: bool = True  # False: the method's local update cannot run on a replica
 
+class Replicable(ABC):
+    """A method whose local updates can run on a replica in a worker (simfed/run/executor.py).
+
+    The worker holds a replica built and `setup` exactly like the driver's. One local update
+    there must equal one here: the worker is sent the client's state and the little method state
+    the update reads (`remote_context`), and gives back the new client state and what the update
+    wrote of the method's own state (`remote_outcome`)."""
+
+    @abstractmethod
     def export_client(self, client: int) -> tuple[dict, dict] | None:
         """The client's state as (tensors, metadata), or None if it has none yet."""
-        fed = getattr(self, "fed", None)
-        return fed.export_client(client) if fed is not None else None
 
+    @abstractmethod
     def import_client(self, client: int, packed: tuple[dict, dict] | None) -> None:
         """Make `export_client`'s value the client's state (None: the client has none)."""
-        fed = getattr(self, "fed", None)
-        if fed is not None:
-            fed.import_client(client, packed)
 
     def remote_context(self, client: int) -> dict:
         """Method state, beyond the client's own, that `local_update(client, …)` reads."""
@@ -165,8 +189,3 @@ class Method(ABC):
 
     def absorb_remote_outcome(self, client: int, outcome: dict) -> None:
         """On the driver: take `remote_outcome`'s value as if the update had run here."""
-
-    measured_model: str = (
-        "each device's local model after its last local update, before aggregation "
-        "(devices that never trained: the server model with fresh private adapters)"
-    )

@@ -21,10 +21,12 @@ from simfed.learn.adapters import AdaptedModel
 from simfed.learn.evaluate import evaluate_windows
 from simfed.learn.local_update import ClientState, batch_rng, new_client_state, train_locally
 from simfed.learn.matching import describe_lora, device_shape
-from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
+from simfed.learn.methods.base import (
+    Checkpointable, ClientInfo, Costs, EvalResult, LocalPlan, Method, Replicable, Split, Update,
+)
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import SERVER_KEY, AdapterFederation, torch_generator
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import CentralizedSpec, TrainingSpec
 from simfed.learn.store import pack_client_state, unpack_client_state
 
 CENTRAL = "central"  # checkpoint prefix of the one model's state
@@ -37,10 +39,14 @@ def pooled_split(clients: list[ClientInfo], split: str) -> np.ndarray:
     return tokens
 
 
-class Centralized(Method):
+class Centralized(Method, Costs, Checkpointable, Replicable):
+    """Not an `AdapterMethod`: no device holds adapters of its own (routing records, memory need
+    and exports see none); the one model lives here."""
+
+    spec_type = CentralizedSpec
     measured_model = "the single model trained on the pooled data by one optimizer (the server's)"
 
-    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
+    def __init__(self, spec: CentralizedSpec, training: TrainingSpec, model: AdaptedModel) -> None:
         self.name = spec.name
         self.spec = spec
         self.shape = device_shape(spec, 0.0, 0.0)
@@ -102,6 +108,12 @@ class Centralized(Method):
         return describe_lora(self.shape) + ", pooled (one model)"
 
     # --- remote execution: a replica's device only reports the run's length ----------------------
+    def export_client(self, client: int) -> tuple[dict, dict] | None:
+        return None  # devices hold no state
+
+    def import_client(self, client: int, packed: tuple[dict, dict] | None) -> None:
+        """Nothing to take: devices hold no state."""
+
     def remote_outcome(self, client: int) -> dict:
         return {"total_rounds": self.total_rounds}
 

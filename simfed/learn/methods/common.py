@@ -5,18 +5,15 @@ from simfed.learn.local_update import Recipe
 from simfed.learn.spec import MethodSpec, TrainingSpec
 
 
-def recipe_for(spec: MethodSpec, training: TrainingSpec, router_split: str = "val") -> Recipe:
+def recipe_for(spec: MethodSpec, training: TrainingSpec) -> Recipe:
+    """The local loop's numbers: the scenario's `training:` and what the method's kind sets."""
     return Recipe(
         local_steps=training.local_steps,
         batch_size=training.batch_size,
         seq_len=training.seq_len,
         lr=training.lr,
         weight_decay=training.weight_decay,
-        lb_lambda=spec.lb_lambda,
-        tau=spec.tau,
-        router_steps=spec.router_steps,
-        router_lr=spec.router_lr,
-        router_split=router_split,
+        **spec.recipe_options(),
     )
 
 

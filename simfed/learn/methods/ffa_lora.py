@@ -3,7 +3,8 @@
 Only B trains and only B moves. A device receives the server's A once — with the first download
 that leads to a local update of it — and never sends A: its A equals the server init bit for bit
 for the whole run (A is not in its optimizer, so neither gradients nor weight decay touch it).
-Download = B (+ A the first time); upload = B; server: (weighted) mean of the B's.
+Download = B (+ A the first time); upload = B; server: (weighted) mean of the B's (the
+`AdapterMethod` mean: the server's A never changes, as no upload carries it).
 Matched to CoMiGS-1G1S as in the paper (`match: paper`): the MLP LoRA has rank 2·rank (16), attention 8.
 (The paper's reference code forgot to freeze A; ALGORITHMS.md asks for the real thing.)
 """
@@ -14,11 +15,10 @@ import torch
 from simfed.learn.adapters import AdaptedModel, AdapterShape
 from simfed.learn.flops import ModelDims
 from simfed.learn.local_update import ADAM_BETAS, ClientState
-from simfed.learn.matching import device_shape
-from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
-from simfed.learn.methods.common import recipe_for
-from simfed.learn.methods.federation import AdapterFederation, torch_generator
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.methods.adapter_method import AdapterMethod
+from simfed.learn.methods.base import ClientInfo, LocalPlan, Update
+from simfed.learn.methods.federation import torch_generator
+from simfed.learn.spec import FFALoRASpec, TrainingSpec
 from simfed.learn.store import ClientStore
 
 
@@ -41,11 +41,11 @@ def frozen_a_savings(dims: ModelDims, shape: AdapterShape, tokens: int) -> float
     return tokens * (dims.n_layers * per_layer + layer0)
 
 
-class FFALoRA(Method):
-    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
-        self.name = spec.name
-        self.spec = spec
-        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: True, training.eval_windows)
+class FFALoRA(AdapterMethod):
+    spec_type = FFALoRASpec
+
+    def __init__(self, spec: FFALoRASpec, training: TrainingSpec, model: AdaptedModel) -> None:
+        super().__init__(spec, training, model, shared=lambda name: True)
         self.fed.store = ClientStore(self._fresh_state)
         self.has_a: set[int] = set()  # clients that hold the server's A
 
@@ -61,8 +61,7 @@ class FFALoRA(Method):
         return ClientState(adapters, opt, None)
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        shape = device_shape(self.spec, 0.0, 0.0)  # match paper: MLP rank 2·rank (simfed/learn/matching.py)
-        self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
+        super().setup(clients, seed)  # match paper: MLP rank 2·rank (simfed/learn/matching.py)
         self.fed.fresh_payload = lambda c: {n: t.clone() for n, t in self.fed.server.items()}
 
     def _download_names(self, client: int) -> list[str]:
@@ -95,13 +94,6 @@ class FFALoRA(Method):
 
     def absorb_remote_outcome(self, client: int, outcome: dict) -> None:
         self.apply_remote_context(client, outcome)
-
-    def aggregate(self, updates: list[Update], round_index: int) -> None:
-        if updates:  # the server's A never changes: no upload carries it
-            self.fed.mean_into_server(updates, self.fed.client_weights(updates, self.spec.aggregation_weights))
-
-    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
-        return self.fed.evaluate(client, split)
 
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
         return self.fed.shapes_of(client, self._upload_names(client))

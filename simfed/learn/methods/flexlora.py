@@ -20,20 +20,19 @@ from simfed.learn.adapters import AdaptedModel, AdapterShape
 from simfed.learn.aggregate import flexlora_aggregate, flexlora_redistribute, weighted_mean
 from simfed.learn.matching import device_shape
 from simfed.learn.lora import rslora_scale
-from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
-from simfed.learn.methods.common import recipe_for
-from simfed.learn.methods.federation import AdapterFederation
+from simfed.learn.methods.adapter_method import AdapterMethod
+from simfed.learn.methods.base import ClientInfo, LocalPlan, Update
 from simfed.learn.methods.hetlora import attention_part, mlp_part, truncate_state, truncated_shapes
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import FlexLoRASpec, TrainingSpec
 
 State = dict[str, torch.Tensor]
 
 
-class FlexLoRA(Method):
-    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
-        self.name = spec.name
-        self.spec = spec
-        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: True, training.eval_windows)
+class FlexLoRA(AdapterMethod):
+    spec_type = FlexLoRASpec
+
+    def __init__(self, spec: FlexLoRASpec, training: TrainingSpec, model: AdaptedModel) -> None:
+        super().__init__(spec, training, model, shared=lambda name: True)
         self.ranks: dict[int, int] = {}
         self.max_rank = 0
         self.merged = False  # whether the server holds SVD factors (after the first aggregation)
@@ -73,17 +72,8 @@ class FlexLoRA(Method):
         self.fed.server = merged
         self.merged = True
 
-    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
-        return self.fed.evaluate(client, split)
-
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
         return truncated_shapes(self.fed.server, self.ranks[client])
-
-    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        return self.upload_shapes(client)
-
-    def round_flops(self, client: int) -> float:
-        return self.fed.round_flops(client)
 
     def describe_client(self, client: int) -> str:
         return f"MLP rank {self.ranks[client]}"

@@ -24,10 +24,9 @@ from simfed.learn.aggregate import (
 )
 from simfed.learn.matching import device_shape
 from simfed.learn.lora import StackedLoRA
-from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
-from simfed.learn.methods.common import recipe_for
-from simfed.learn.methods.federation import AdapterFederation
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.methods.adapter_method import AdapterMethod
+from simfed.learn.methods.base import ClientInfo, LocalPlan, MergesAsync, Update
+from simfed.learn.spec import HetLoRASpec, TrainingSpec
 from simfed.learn.store import pack_states, unpack_states
 
 State = dict[str, torch.Tensor]
@@ -93,11 +92,11 @@ def prune_decisions(
     return new
 
 
-class HetLoRA(Method):
-    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
-        self.name = spec.name
-        self.spec = spec
-        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: True, training.eval_windows)
+class HetLoRA(AdapterMethod, MergesAsync):
+    spec_type = HetLoRASpec
+
+    def __init__(self, spec: HetLoRASpec, training: TrainingSpec, model: AdaptedModel) -> None:
+        super().__init__(spec, training, model, shared=lambda name: True)
         self.ranks: dict[int, int] = {}  # current (possibly pruned) rank per client
         self.initial_ranks: dict[int, int] = {}
         self.max_rank = 0
@@ -172,17 +171,8 @@ class HetLoRA(Method):
         reporting = {u.client: u.upload for u in updates if u.client in received}
         self.ranks = prune_decisions(reporting, received, self.ranks, self.spec.prune_gamma, round_index)
 
-    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
-        return self.fed.evaluate(client, split)
-
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
         return truncated_shapes(self.fed.server, self.ranks[client])
-
-    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        return self.upload_shapes(client)
-
-    def round_flops(self, client: int) -> float:
-        return self.fed.round_flops(client)
 
     def describe_client(self, client: int) -> str:
         return f"MLP rank {self.ranks[client]}"

@@ -19,13 +19,13 @@ import dataclasses
 import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape
-from simfed.learn.matching import device_shape
 from simfed.learn.flops import round_flops
-from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
-from simfed.learn.methods.comigs import generalist_coefficients
+from simfed.learn.matching import device_shape
+from simfed.learn.methods.adapter_method import AdapterMethod
+from simfed.learn.methods.base import ClientInfo, LocalPlan, Update
+from simfed.learn.methods.comigs import favour_generalist
 from simfed.learn.methods.common import expert_index, is_attention, recipe_for
-from simfed.learn.methods.federation import AdapterFederation
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.spec import JointMoESpec, TrainingSpec
 
 N_EXPERTS = 2
 # kind → (attention shared, the experts shared)
@@ -33,10 +33,10 @@ SHARING = {"local_moe": (False, set()), "fedavg_moe": (True, {0, 1}), "pfedmoe":
 LABELS = {"local_moe": "Local-MoE", "fedavg_moe": "FedAvg-MoE", "pfedmoe": "1G+1S joint"}
 
 
-class JointMoE(Method):
-    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
-        self.name = spec.name
-        self.spec = spec
+class JointMoE(AdapterMethod):
+    spec_type = JointMoESpec
+
+    def __init__(self, spec: JointMoESpec, training: TrainingSpec, model: AdaptedModel) -> None:
         attention_shared, shared_experts = SHARING[spec.kind]
 
         def shared(name: str) -> bool:
@@ -45,8 +45,7 @@ class JointMoE(Method):
             e = expert_index(name)
             return e is not None and e in shared_experts  # routers (e None) never leave the device
 
-        recipe = dataclasses.replace(recipe_for(spec, training), joint_router=True)
-        self.fed = AdapterFederation(model, recipe, shared, training.eval_windows)
+        super().__init__(spec, training, model, shared, dataclasses.replace(recipe_for(spec, training), joint_router=True))
         self.server_experts = max(len(shared_experts), 1)
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
@@ -55,28 +54,9 @@ class JointMoE(Method):
         assert all(shape.n_experts == N_EXPERTS for shape in shapes.values())
         self.fed.setup(clients, shapes, AdapterShape(self.server_experts, s.rank, s.attn_rank), seed)
 
-    def download(self, client: int) -> dict[str, torch.Tensor]:
-        return self.fed.download(client)
-
     def local_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> Update:
-        state = self.fed.store.get_or_create(client)
-        if self.spec.lb_form == "generalist":
-            for bank in state.adapters.banks():
-                bank.lb_coeff.copy_(generalist_coefficients(bank.n_experts, self.spec.lb_importance))
+        favour_generalist(self.fed, client, self.spec.lb_form, self.spec.lb_importance)
         return self.fed.local_update(client, received, plan)
-
-    def aggregate(self, updates: list[Update], round_index: int) -> None:
-        if updates:
-            self.fed.mean_into_server(updates, self.fed.client_weights(updates, self.spec.aggregation_weights))
-
-    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
-        return self.fed.evaluate(client, split)
-
-    def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        return self.fed.shapes_of(client, self.fed.shared_names(client))
-
-    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        return self.upload_shapes(client)
 
     def round_flops(self, client: int) -> float:
         """Expert steps (no router phases) plus the routers' weight gradients, 2·d·E a token and layer."""

@@ -28,10 +28,10 @@ from simfed.learn.aggregate import softmax_neg, weighted_mean
 from simfed.learn.evaluate import evaluate_windows
 from simfed.learn.flops import forward_flops
 from simfed.learn.matching import describe_lora, device_shape
-from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
-from simfed.learn.methods.common import recipe_for
-from simfed.learn.methods.federation import AdapterFederation, torch_generator
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.methods.adapter_method import AdapterMethod
+from simfed.learn.methods.base import ClientInfo, LocalPlan, Update
+from simfed.learn.methods.federation import torch_generator
+from simfed.learn.spec import PCLSpec, TrainingSpec
 from simfed.learn.store import pack_states, unpack_states
 
 State = dict[str, torch.Tensor]
@@ -51,11 +51,11 @@ def split_peers(received: State) -> dict[int, State]:
     return out
 
 
-class PCL(Method):
-    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
-        self.name = spec.name
-        self.spec = spec
-        self.fed = AdapterFederation(model, recipe_for(spec, training), lambda name: False, training.eval_windows)
+class PCL(AdapterMethod):
+    spec_type = PCLSpec
+
+    def __init__(self, spec: PCLSpec, training: TrainingSpec, model: AdaptedModel) -> None:
+        super().__init__(spec, training, model, shared=lambda name: False)
         self.round = 0  # the round now running (the server's next aggregation)
         self.relay: dict[int, State] = {}  # models uploaded in the last round before a collaboration
         # per device, its last collaboration: (round, [device j …], [ppl_ij …], [W_ij …])
@@ -71,9 +71,8 @@ class PCL(Method):
         return round_index >= 1 and self.collaborates(round_index - 1)
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
-        shape = device_shape(self.spec, 0.0, 0.0)
-        self.fed.setup(clients, {c.client_id: shape for c in clients}, shape, seed)
-        probe = self.fed.model.new_adapters(shape, torch.Generator().manual_seed(0))
+        super().setup(clients, seed)  # the one sizing rule's shape everywhere (simfed/learn/matching.py)
+        probe = self.fed.model.new_adapters(device_shape(self.spec, 0.0, 0.0), torch.Generator().manual_seed(0))
         self.model_shapes = {n: tuple(t.shape) for n, t in probe.views().items()}  # one device's model
 
     # --- what moves ----------------------------------------------------------------------------
@@ -129,9 +128,6 @@ class PCL(Method):
         if self.collaborates(round_index):
             self.relay = {u.client: u.upload for u in updates if u.upload}
         self.round = round_index + 1
-
-    def evaluate(self, client: int, split: Split = "test") -> EvalResult:
-        return self.fed.evaluate(client, split)
 
     def round_flops(self, client: int) -> float:
         flops = self.fed.round_flops(client)

@@ -10,14 +10,17 @@ import torch
 
 from simfed.learn.adapters import AdaptedModel
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
-from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Method, Split, Update
-from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.learn.methods.base import (
+    Checkpointable, ClientInfo, Costs, EvalResult, LocalPlan, Method, Replicable, Split, Update,
+)
+from simfed.learn.spec import PretrainedSpec, TrainingSpec
 
 
-class Pretrained(Method):
+class Pretrained(Method, Costs, Checkpointable, Replicable):
+    spec_type = PretrainedSpec
     measured_model = "the frozen base model (no adapters, never trained)"
 
-    def __init__(self, spec: MethodSpec, training: TrainingSpec, model: AdaptedModel) -> None:
+    def __init__(self, spec: PretrainedSpec, training: TrainingSpec, model: AdaptedModel) -> None:
         self.name = spec.name
         self.spec = spec
         self.model = model
@@ -56,3 +59,16 @@ class Pretrained(Method):
 
     def describe_client(self, client: int) -> str:
         return "base model"
+
+    def state_dict(self) -> dict:
+        """Nothing changes as the run goes."""
+        return {"tensors": {}, "clients": {}, "meta": {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def export_client(self, client: int) -> tuple[dict, dict] | None:
+        return None  # a device holds nothing of its own
+
+    def import_client(self, client: int, packed: tuple[dict, dict] | None) -> None:
+        pass

@@ -1,0 +1,37 @@
+"""Where the learning runs and in what precision: the torch device and the autocast dtype of a run.
+
+Kept with the learning (not in the run glue) because the runner, the Ray replicas and the
+calibration all load the model the same way, and none of them should import another for it.
+"""
+from __future__ import annotations
+
+import torch
+
+from simfed.learn.adapters import AdaptedModel
+from simfed.learn.base_model import load_base_model
+from simfed.learn.model_card import ModelCard
+
+
+def pick_device(choice: str) -> torch.device:
+    """`training.device`: cuda when asked, or under `auto` when a GPU is there; the CPU otherwise."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run: bf16 when asked, or under `auto` on a CUDA GPU with bf16
+    support; None (plain fp32) otherwise."""
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def load_adapted_model(card: ModelCard, device_choice: str, precision: str,
+                       expert_compute: str = "auto") -> AdaptedModel:
+    """The frozen base model of `card` on the run's device, wrapped for adapters at the run's
+    precision, its mixtures run as `expert_compute` says (simfed/learn/lora.py MixtureMLP)."""
+    device = pick_device(device_choice)
+    return AdaptedModel(load_base_model(card, device), autocast_dtype(precision, device), expert_compute)
