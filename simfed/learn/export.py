@@ -171,6 +171,8 @@ def peft_model_of(pairs: dict[str, tuple[torch.Tensor, torch.Tensor, float]], cl
 
     model = copy.deepcopy(clean_hf)
     peft_model = get_peft_model(model, _lora_config(pairs, model, base_id))
+    # peft takes the base's name from the model (empty for a config-built one): name it as asked
+    peft_model.peft_config["default"].base_model_name_or_path = base_id
     with torch.no_grad():
         for path, (a, b, _) in pairs.items():
             layer = peft_model.base_model.model.get_submodule(path)
