@@ -217,7 +217,8 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
                                                       profile.activation_bytes_per_s),
                                       profile.throttle_after_s, profile.throttle_factor)
         # the radio's tail runs on into the compute, until the upload wakes it again at the latest
-        energy = power.transfer_j("down", cost.download_bytes, spend.transfer.seconds) + power.tail_j(compute_s)
+        energy = power.transfer_j("down", cost.download_bytes, spend.transfer.seconds)
+        energy += power.tail_j(compute_s) if cost.download_bytes > 0 else 0.0  # nothing sent: the radio slept
         spend.bytes += cost.download_bytes
         spend.energy_j += energy
         emit(SimEvent(env.now, "download_end", r, d, bytes=cost.download_bytes, seconds=spend.transfer.seconds,
@@ -245,7 +246,8 @@ def device_round(env: simpy.Environment, device: Device, rnd: RoundPort, cost: R
         emit(SimEvent(env.now, "upload_start", r, d, planned_bytes=cost.upload_bytes, planned_s=spend.planned_s))
         spend.transfer = link.transfer("up", cost.upload_bytes)
         yield spend.transfer
-        upload_energy = power.transfer_j("up", cost.upload_bytes, spend.transfer.seconds) + power.tail_j()
+        upload_energy = power.transfer_j("up", cost.upload_bytes, spend.transfer.seconds)
+        upload_energy += power.tail_j() if cost.upload_bytes > 0 else 0.0
         emit(SimEvent(env.now, "upload_end", r, d, bytes=cost.upload_bytes, seconds=spend.transfer.seconds,
                       energy_j=upload_energy))
     except Interrupt as cut:

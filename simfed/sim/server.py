@@ -5,8 +5,12 @@ Synchronous. Each round it picks ceil(over_selection * target) devices uniformly
 and idle (fewer if fewer are; if none, it waits until one is), and closes the round at the
 `target`-th update or `deadline_s` after the start, whichever comes first. If it picked fewer
 than `target`, it closes as soon as all of those have reported. Updates arriving after the close
-are stragglers: ignored. The next round starts at the close. The server does not observe
-dropouts: a round whose devices vanish waits for its deadline.
+are stragglers: ignored (under late_reports: refuse one that reaches its upload after the close is
+told no at check-in and sends nothing). The next round starts at the close. The server does not
+observe dropouts: a round whose devices vanish waits for its deadline. With a selection window it
+first waits, up to the window, for enough devices to check in; a round that closes with fewer than
+min_reports reports is abandoned (nothing merged, not counted). Before merging, the workload may
+refuse reports whose update is not finite (`screened`: a `diverged` event each).
 
 Asynchronous (Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation",
 AISTATS 2022; Xie et al., "Asynchronous Federated Optimization", 2019). The server keeps
@@ -19,7 +23,8 @@ otherwise it joins the buffer with weight 1/sqrt(1 + s). Every `buffer_size` K a
 merged). A device whose update waits in the buffer is not picked again until the merge, so every
 device appears at most once per aggregation. Device events carry the version the device
 downloaded as their `round`. The per-device draws (dropout, compute noise) are keyed by the
-device's job count (its 0th, 1st, ... participation) instead of the round.
+device's job count (its 0th, 1st, ... participation) instead of the round. With a
+client_timeout_s a cut device's slot stays taken until that long after its dispatch.
 """
 from __future__ import annotations
 

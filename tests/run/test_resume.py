@@ -41,8 +41,13 @@ world:
   fleet:
     - {{count: 3, tier: phone_mid, link: wifi_home, flops_per_s: 4.0e7}}
     - {{count: 2, tier: phone_low, link: lte, flops_per_s: 1.0e7}}
-  dropout: {{hazard_per_hour: 200.0, recovery_mean_s: 5.0}}  # a dropped device is back ~5 s later: the world stays lossy
-  server: {{rounds: {rounds}, target_per_round: 3, over_selection: 1.3, deadline_s: 5.0}}
+  dropout: {{hazard_per_hour: 200.0, recovery: none}}
+  server: {{rounds: {rounds}, target_per_round: 3, over_selection: 1.3, deadline_s: 5.0, late_reports: upload, min_reports: 0}}
+  # the world this test was built for (the old model: stragglers in flight across a checkpoint);
+  # tests/run/test_world_resume.py resumes under the new defaults
+  energy_model: per_unit
+  link_spread_correlation: 1.0
+  waste: legacy
 """
 METHODS = """\
   - {name: fedavg, kind: fedavg}

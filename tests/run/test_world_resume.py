@@ -134,3 +134,9 @@ def test_resume_refuses_a_replay_whose_time_disagrees_and_goes_on_when_it_agrees
                                "files or simfed changed?)")
     run_text(text, tmp_path / "world_resume.yaml", tmp_path / "runs", resume=intact)
     assert read_summary(intact)["status"] == "complete"
+    # and, under the new defaults (energy power x time, refused late reports, recovery, kept shares),
+    # the resumed run is byte for byte the run never interrupted
+    full = run_text(text, tmp_path / "world_resume.yaml", tmp_path / "full")
+    for name in ("metrics.csv", "events.jsonl", "trace.json"):
+        assert (intact / name).read_bytes() == (full / name).read_bytes(), name
+    assert read_summary(intact)["methods"] == read_summary(full)["methods"]

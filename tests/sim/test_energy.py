@@ -68,3 +68,12 @@ def test_compute_energy_follows_the_drawn_speed_under_power_only():
         seconds = 1e12 / p.flops_per_s
         assert DeviceEnergy("per_unit", p).compute_j(1e12, seconds) == pytest.approx(1e12 * 8e-11)  # J/FLOP of the tier
         assert DeviceEnergy("power", p).compute_j(1e12, seconds) == pytest.approx(4.0 * seconds)  # 4 W x its time
+
+
+def test_nothing_to_send_costs_no_radio_energy():
+    from tests.sim.fakes import FakeWorkload
+
+    device = dataclasses.replace(plain_device(0), **POWER)
+    events, tally, _, _ = run(powered_world(), FakeWorkload(download_bytes=0, upload_bytes=0), fleet=[device])
+    assert [e.energy_j for e in events if e.kind in ("download_end", "upload_end")] == [0.0, 0.0]
+    assert tally.energy_j == pytest.approx(4.0 * 2.0)  # the compute alone
