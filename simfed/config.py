@@ -385,9 +385,23 @@ class _Strict(BaseModel):
 
 
 class OutputSpec(_Strict):
-    """Where run directories go: `<dir>/<scenario name>/<timestamp>/`."""
+    """Where run directories go: `<dir>/<scenario name>/<timestamp>/`, and who else watches the run."""
 
     dir: str = "runs"  # relative to the working directory of `simfed run`
+    # observer plugins (simfed/run/observers.py): `package.module:ClassName` or `simfed.observers` names
+    observers: list[str] = Field(default_factory=list)
+
+    @field_validator("observers")
+    @classmethod
+    def _observers_exist(cls, names: list[str]) -> list[str]:
+        from simfed.plugins import OBSERVERS_GROUP, PluginError, load_object
+
+        for index, name in enumerate(names):
+            try:
+                load_object(name, OBSERVERS_GROUP)
+            except PluginError as exc:
+                raise FieldProblem((index,), str(exc)) from None
+        return names
 
 
 class ExecutorSpec(_Strict):
