@@ -385,7 +385,7 @@ class _Strict(BaseModel):
 
 
 class OutputSpec(_Strict):
-    """Where run directories go: `<dir>/<scenario name>/<timestamp>/`."""
+    """Where run directories go: `<dir>/<scenario name>/<timestamp>/`, and who else watches the run."""
 
     dir: str = "runs"  # relative to the working directory of `simfed run`
     # keep each device's trained model in RUN_DIR/models/ (what `simfed export` reads):
@@ -393,6 +393,21 @@ class OutputSpec(_Strict):
     save_models: str = Field("none", pattern=r"^(none|final|every_[1-9][0-9]*)$")
     # trackers beside the live view (simfed/run/loggers.py): tensorboard -> RUN_DIR/tensorboard/
     loggers: list[typing.Literal["tensorboard"]] = Field(default_factory=list)
+
+    # observer plugins (simfed/run/observers.py): `package.module:ClassName` or `simfed.observers` names
+    observers: list[str] = Field(default_factory=list)
+
+    @field_validator("observers")
+    @classmethod
+    def _observers_exist(cls, names: list[str]) -> list[str]:
+        from simfed.plugins import OBSERVERS_GROUP, PluginError, load_object
+
+        for index, name in enumerate(names):
+            try:
+                load_object(name, OBSERVERS_GROUP)
+            except PluginError as exc:
+                raise FieldProblem((index,), str(exc)) from None
+        return names
 
 
 class ReportSpec(_Strict):

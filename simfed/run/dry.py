@@ -210,6 +210,7 @@ class DryWorkload:
 def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
     """`run_scenario` in dry mode: no model weights, no data, no federation; same outputs."""
     from simfed.report.plots import plot_closed_run
+    from simfed.run.observers import close_observers, open_observers
     from simfed.run.trace import TraceWriter
 
     card = load_card(scenario.model)
@@ -220,27 +221,37 @@ def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
     run = RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds)
     try:
         with run, TraceWriter(run.path / "trace.json") as trace:
-            for seed in seeds:
-                fleet = build_fleet(scenario.world, seed)
-                for method in methods:
-                    name = method.spec.name
-                    view.on_method_start(name, seed)
-                    tally = Tally()
-                    workload = DryWorkload(method, fleet, scenario, seed, run, tally)
-
-                    def record(event: SimEvent, name: str = name) -> None:
-                        data = event.to_dict()
-                        run.log_event(name, seed, data)
-                        view.on_event(name, data)
-
-                    engine = Engine(scenario.world, fleet, workload, seed,
-                                    observers=[tally, record, trace.observer(name, seed)])
-                    engine.run()
-                    stats = {**tally.as_summary(), "training_calls": 0}
-                    if scenario.world.memory_policy != "ignore":
-                        stats["memory_excluded"] = len(engine.excluded)
-                    run.finish_method(name, seed, stats)
-                    view.on_method_done(name)
+            watchers = [trace, *open_observers(scenario.output.observers, run.path)]
+            try:
+                _run_dry_seeds(scenario, methods, seeds, run, view, watchers)
+            finally:
+                close_observers(watchers[1:])
     finally:
         plot_closed_run(run)
     return run.path
+
+
+def _run_dry_seeds(scenario: Any, methods: list[DryMethod], seeds: list[int], run: RunDirectory, view: Any,
+                   watchers: list[Any]) -> None:
+    """Every dry method for every seed: the engine with the cost-only workload, same outputs."""
+    for seed in seeds:
+        fleet = build_fleet(scenario.world, seed)
+        for method in methods:
+            name = method.spec.name
+            view.on_method_start(name, seed)
+            tally = Tally()
+            workload = DryWorkload(method, fleet, scenario, seed, run, tally)
+
+            def record(event: SimEvent, name: str = name) -> None:
+                data = event.to_dict()
+                run.log_event(name, seed, data)
+                view.on_event(name, data)
+
+            engine = Engine(scenario.world, fleet, workload, seed,
+                            observers=[tally, record, *(w.observer(name, seed) for w in watchers)])
+            engine.run()
+            stats = {**tally.as_summary(), "training_calls": 0}
+            if scenario.world.memory_policy != "ignore":
+                stats["memory_excluded"] = len(engine.excluded)
+            run.finish_method(name, seed, stats)
+            view.on_method_done(name)

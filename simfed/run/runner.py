@@ -41,6 +41,7 @@ from simfed.run.dry import run_dry
 from simfed.run.environment import run_environment
 from simfed.run.loggers import with_loggers
 from simfed.run.executor import Job, LocalExecutor, make_executor
+from simfed.run.observers import RunObserver, close_observers, open_observers
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
 from simfed.run.results import RunDirectory
 from simfed.run.saved_models import ModelSaver
@@ -292,7 +293,7 @@ class Session:
     checkpoints: Checkpoints
     executor: Any  # simfed/run/executor.py
     view: Any
-    trace: TraceWriter
+    watchers: list[RunObserver]  # the trace writer and the scenario's observer plugins
 
 
 def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None, seeds: list[int], view: Any,
@@ -323,9 +324,13 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
         with run, TraceWriter(run.path / "trace.json") as trace, _closing(executor), _closing(view):
             if resume is not None:  # the timeline so far, redrawn from the events kept
                 trace.add_events(read_events(run.path))
-            session = Session(scenario, model, run, checkpoints, executor, view, trace)
-            for seed in seeds:
-                run_seed(session, seed)
+            observers = open_observers(scenario.output.observers, run.path)
+            session = Session(scenario, model, run, checkpoints, executor, view, [trace, *observers])
+            try:
+                for seed in seeds:
+                    run_seed(session, seed)
+            finally:
+                close_observers(observers)
     finally:
         plot_closed_run(run)  # however the run ended, from the files it closed
     return run.path
@@ -356,7 +361,7 @@ def run_seed(session: Session, seed: int) -> None:
                 pretrained = evaluate_pretrained(session.model, users, training.seq_len, training.eval_windows)
         try:
             run_method(scenario, method, seed, fleet, pretrained, session.run, session.view,
-                       [session.trace.observer(spec.name, seed)],
+                       [w.observer(spec.name, seed) for w in session.watchers],
                        checkpoint=saved if isinstance(method, Checkpointable) else None, executor=session.executor)
         finally:
             saved.close()

@@ -37,22 +37,17 @@ def test_a_key_shared_by_some_kinds_names_them_all(tmp_path):
     assert problem.startswith(f"{path}:{line}: methods.0.rank: unknown key for kind 'pretrained' (a key of comigs, ")
 
 
-def test_an_unknown_kind_is_one_line_at_the_kind(tmp_path):
-    path, lines = _with_methods(tmp_path, "  - name: x\n    kind: fedsgd\n")
-    line = lines.index("    kind: fedsgd") + 1
+@pytest.mark.parametrize("kind, message", [
+    ("fedsgd", "unknown method kind 'fedsgd' (expected one of: comigs,"),
+    ("no_such_pkg.mod:Cls", "cannot import 'no_such_pkg.mod'"),  # a plugin path that does not import
+])
+def test_an_unknown_kind_is_one_line_at_the_kind(tmp_path, kind, message):
+    path, lines = _with_methods(tmp_path, f"  - name: x\n    kind: {kind}\n")
+    line = lines.index(f"    kind: {kind}") + 1
     with pytest.raises(ScenarioError) as info:
         load_scenario(path)
     (problem,) = info.value.problems
-    assert problem.startswith(f"{path}:{line}: methods.0.kind: unknown method kind 'fedsgd' (expected one of: comigs,")
-
-
-def test_a_plugin_path_that_does_not_import_is_one_line_at_the_kind(tmp_path):
-    path, lines = _with_methods(tmp_path, "  - name: x\n    kind: no_such_pkg.mod:Cls\n")
-    line = lines.index("    kind: no_such_pkg.mod:Cls") + 1
-    with pytest.raises(ScenarioError) as info:
-        load_scenario(path)
-    (problem,) = info.value.problems
-    assert problem.startswith(f"{path}:{line}: methods.0.kind: cannot import 'no_such_pkg.mod'")
+    assert problem.startswith(f"{path}:{line}: methods.0.kind: {message}")
 
 
 def test_the_keys_each_kind_keeps(tmp_path):

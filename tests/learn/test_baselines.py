@@ -35,13 +35,40 @@ def one_round(model, data, spec: MethodSpec, training: TrainingSpec = TRAINING):
     return method, updates
 
 
+# tiny-llama (2 layers, d 64, 4 heads of 16, 2 KV heads, MLP 64→128): per layer and unit of rank,
+# attention LoRA q 64+64, k 64+32, v 64+32, o 64+64 = 448; one gated MLP expert 3·(64+128) = 576;
+# LoRA B alone (out × r): attention 64+32+32+64 = 192, MLP 128+128+64 = 320
+L_ATTN, L_EXPERT, L_B = 448, 576, 192 + 320
+UPLOAD_NUMEL = {  # elements a device uploads after round 0 (rank 8; LOW_END → rank 16 for HetLoRA/FlexLoRA)
+    "comigs": 2 * 8 * (L_ATTN + L_EXPERT),  # 1G1S: attention + the generalist
+    "hetlora": 2 * 16 * (L_ATTN + L_EXPERT), "flexlora": 2 * 16 * (L_ATTN + L_EXPERT),
+    "fedavg": 2 * 8 * (L_ATTN + L_EXPERT), "centralized": 2 * 8 * (L_ATTN + L_EXPERT),
+    "ffa_lora": 2 * 8 * L_B,  # B only
+    "local": 0, "pretrained": 0, "local_moe": 0,
+    "pcl": 0,  # round 0 is not the round before a collaboration (pcl_start 4)
+    "fedavg_moe": 2 * 8 * (L_ATTN + 2 * L_EXPERT), "pfedmoe": 2 * 8 * (L_ATTN + L_EXPERT),
+}
+# the frozen base's linears per layer: q 64·64, k 64·32, v 64·32, o 64·64, gate/up/down 3·64·128
+BASE_LINEAR_PARAMS = 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128)
+
+
 @pytest.mark.parametrize("kind", sorted(builtin_kinds()))
 def test_every_kind_runs_a_round_on_llama(tiny_llama, toy_data, kind):
-    method, updates = one_round(tiny_llama, toy_data, method_spec(name=kind, kind=kind))
+    assert set(UPLOAD_NUMEL) == set(builtin_kinds())
+    method = build_method(method_spec(name=kind, kind=kind), TRAINING, tiny_llama)
+    method.setup(clients_for(toy_data, [LOW_END, LOW_END]), seed=0)
+    planned = {c: method.upload_shapes(c) for c in (0, 1)}  # what the engine costs before training
+    updates = [method.local_update(c, method.download(c), LocalPlan(0, 2, seed=0)) for c in (0, 1)]
+    method.aggregate(updates, 0)
+    # forward and input-gradient backward through every frozen linear, 2·params FLOPs a token each,
+    # over 2 steps of 2 sequences of at least 31 predicted tokens: a floor no training round is under
+    floor = 2 * 3 * 2 * (2 * 31) * BASE_LINEAR_PARAMS
     for c in (0, 1):
         assert math.isfinite(method.evaluate(c).ppl)
-        assert method.round_flops(c) >= 0
-        assert {n: tuple(t.shape) for n, t in updates[c].upload.items()} == method.upload_shapes(c) or kind == "pcl"
+        upload = {n: tuple(t.shape) for n, t in updates[c].upload.items()}
+        assert upload == planned[c]
+        assert sum(t.numel() for t in updates[c].upload.values()) == UPLOAD_NUMEL[kind]
+        assert method.round_flops(c) == 0.0 if kind == "pretrained" else method.round_flops(c) > floor
 
 
 # --- Pretrained -------------------------------------------------------------------------------

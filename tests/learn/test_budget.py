@@ -1,6 +1,7 @@
 """Budget → size: the paper's matching of CoMiGS experts to HetLoRA ranks, and monotonicity."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -58,10 +59,25 @@ def test_experts_within_two_and_max(m, f, e_max):
     assert 2 <= experts_for_budget(m, f, e_max) <= e_max
 
 
-@given(memory, flops, max_experts, st.sampled_from(["full", "active"]))
-def test_rank_is_expert_rank_times_experts_counted(m, f, e_max, match):
-    e = experts_for_budget(m, f, e_max)
-    assert rank_for_budget(m, f, e_max, 8, match) == 8 * (e if match == "full" else min(e, 2))
+# score = min(mem / 8 GB, FLOP/s / 100 G); with 4 experts at most, E = 2 below 1/3, 3 below 2/3, 4 above
+@pytest.mark.parametrize("m, f, experts, full", [
+    (2.6e9, 1e12, 2, 16),   # score 0.325
+    (2.7e9, 1e12, 3, 24),   # score 0.3375: past 1/3
+    (5.4e9, 1e12, 4, 32),   # score 0.675: past 2/3
+    (64e9, 60e9, 3, 24),    # score 0.6, from the chip
+    (64e9, 70e9, 4, 32),    # score 0.7
+])
+def test_experts_and_matched_ranks_at_the_score_boundaries(m, f, experts, full):
+    assert experts_for_budget(m, f, max_experts=4) == experts
+    assert rank_for_budget(m, f, 4, 8, "full") == full
+    assert rank_for_budget(m, f, 4, 8, "active") == 16  # top-2 routing: two experts' worth, always
+
+
+@given(memory, memory, flops, max_experts, st.sampled_from(["full", "active"]))
+def test_matched_rank_is_monotone_in_memory_and_active_never_exceeds_full(m1, m2, f, e_max, match):
+    lo, hi = sorted((m1, m2))
+    assert rank_for_budget(lo, f, e_max, 8, match) <= rank_for_budget(hi, f, e_max, 8, match)
+    assert rank_for_budget(lo, f, e_max, 8, "active") <= rank_for_budget(lo, f, e_max, 8, "full") <= 8 * e_max
 
 
 # --- min_experts = 1: the weakest devices hold the generalist alone (the paper's Figure 8) ---------

@@ -103,7 +103,7 @@ def test_a_dry_run_writes_events_and_summary_and_trains_nothing(tmp_path: Path, 
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert (run / "trace.json").exists()
     for method in ("comigs", "hetlora"):
-        entry = summary["methods"][method] if "methods" in summary else summary[method]
+        entry = summary["methods"][method]
         entry = entry.get("0", entry)
         assert entry["rounds"] == 5 and entry["training_calls"] == 0 and entry["bytes_up"] > 0
         mine = [e for e in events if e["method"] == method]
@@ -143,7 +143,7 @@ world:
     with ProgressView(["comigs"], 2, enabled=False) as view:
         run = Path(run_scenario(scenario, path, tmp_path / "runs", scenario.seeds, view))
     summary = json.loads((run / "summary.json").read_text())
-    entry = summary["methods"]["comigs"] if "methods" in summary else summary["comigs"]
+    entry = summary["methods"]["comigs"]
     entry = entry.get("0", entry)
     assert entry["memory_excluded"] == 3
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]

@@ -9,41 +9,19 @@ from simfed.run.results import read_metrics
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "my_method"
 
-SCENARIO = """
-name: plugin_test
-seeds: [0]
-model: tiny-gpt2
-data:
-  users: [toy:a, toy:b]
-  train_tokens: 3000
-  val_tokens: 800
-  test_tokens: 800
-  cache_dir: {cache}
-training:
-  local_steps: 2
-  batch_size: 2
-  seq_len: 32
-  eval_windows: 4
-methods:
-  - {{name: comigs, kind: comigs, variant: 1g1s, tau: 2, router_steps: 1}}
-  - {{name: fedavg, kind: fedavg}}
-  - {{name: prox0, kind: "{kind}", mu: 0.0, aggregation_weights: uniform}}
-  - {{name: prox, kind: "{kind}", mu: 0.5, aggregation_weights: uniform}}
-world:
-  fleet:
-    - {{count: 3, tier: phone_mid, link: wifi_home, flops_per_s: 4.0e7}}
-    - {{count: 2, tier: phone_low, link: lte, flops_per_s: 1.0e7}}
-  server: {{rounds: 2, target_per_round: 3, over_selection: 1.3, deadline_s: 600}}
-"""
-
-
 @pytest.fixture(scope="module")
-def plugin_run(run_text, tmp_path_factory) -> Path:
+def plugin_run(tmp_path_factory) -> Path:
+    """examples/my_method/scenario.yaml as shipped (2 rounds instead of 3), the example on sys.path."""
+    from simfed.config import load_scenario
+    from simfed.run import runner
+    from simfed.run.progress import ProgressView
+
     tmp = tmp_path_factory.mktemp("plugin")
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(EXAMPLE))
-        text = SCENARIO.format(cache=tmp / "cache", kind="my_method:FedProx")
-        return run_text(text, tmp / "plugin.yaml", tmp / "runs")
+        scenario = load_scenario(EXAMPLE / "scenario.yaml", [f"data.cache_dir={tmp / 'cache'}", "world.server.rounds=2"])
+        with ProgressView([m.name for m in scenario.methods], 2, enabled=False) as view:
+            return Path(runner.run_scenario(scenario, EXAMPLE / "scenario.yaml", tmp / "runs", scenario.seeds, view))
 
 
 def _by_method(run: Path) -> dict[str, list[dict]]:
@@ -59,19 +37,19 @@ def test_fedprox_with_mu_zero_is_fedavg_bit_for_bit(plugin_run: Path) -> None:
     here weighs devices uniformly, as `aggregation_weights: uniform` asks of FedProx). Simulated
     time is not compared: FedProx's rounds cost the proximal term's FLOPs too (next test)."""
     rows = _by_method(plugin_run)
-    assert set(rows) == {"comigs", "fedavg", "prox0", "prox"}
+    assert set(rows) == {"comigs", "fedavg", "fedprox", "fedprox-mu0"}
     keys = ("round", "ppl", "acc", "bytes_up", "bytes_down")
-    assert [[r[k] for k in keys] for r in rows["prox0"]] == [[r[k] for k in keys] for r in rows["fedavg"]]
-    assert rows["prox0"][-1]["sim_time_s"] > rows["fedavg"][-1]["sim_time_s"]
+    assert [[r[k] for k in keys] for r in rows["fedprox-mu0"]] == [[r[k] for k in keys] for r in rows["fedavg"]]
+    assert rows["fedprox-mu0"][-1]["sim_time_s"] > rows["fedavg"][-1]["sim_time_s"]
 
 
 def test_fedprox_with_mu_moves_the_model_but_not_the_bytes(plugin_run: Path) -> None:
     rows = _by_method(plugin_run)
     last = {m: r[-1] for m, r in rows.items()}
-    assert last["prox"]["ppl"] != last["fedavg"]["ppl"]  # the proximal term changes training
+    assert last["fedprox"]["ppl"] != last["fedavg"]["ppl"]  # the proximal term changes training
     # every LoRA tensor travels: 16,384 parameters (next test) × 4 bytes (float32) an upload
-    assert last["prox"]["bytes_up"] == last["fedavg"]["bytes_up"]
-    assert last["prox"]["bytes_up"] > 0 and last["prox"]["bytes_up"] % (16_384 * 4) == 0
+    assert last["fedprox"]["bytes_up"] == last["fedavg"]["bytes_up"]
+    assert last["fedprox"]["bytes_up"] > 0 and last["fedprox"]["bytes_up"] % (16_384 * 4) == 0
 
 
 def test_fedprox_counts_its_proximal_flops(plugin_run: Path) -> None:
@@ -84,7 +62,7 @@ def test_fedprox_counts_its_proximal_flops(plugin_run: Path) -> None:
         return {e["planned_flops"] for e in read_events(plugin_run)
                 if e["method"] == method and e["kind"] == "compute_start"}
 
-    extra = {round(b - a) for a in flops("fedavg") for b in flops("prox0")}
+    extra = {round(b - a) for a in flops("fedavg") for b in flops("fedprox-mu0")}
     assert extra == {163_840}
 
 

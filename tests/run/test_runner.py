@@ -76,7 +76,7 @@ def test_summary_agrees_with_an_independent_recount_of_the_events(lossy_run: Pat
     assert summary["status"] == "complete"
     for method in ("comigs", "hetlora"):
         ev = [e for e in events if e["method"] == method]
-        stats = summary["methods"][method] if "methods" in summary else summary[method]
+        stats = summary["methods"][method]
         stats = stats.get("0", stats) if isinstance(stats, dict) and "0" in stats else stats
         up = sum(e["bytes"] for e in ev if e["kind"] == "upload_end")
         up += sum(e.get("bytes", 0) for e in ev if e["kind"] == "dropped" and e["phase"] == "upload")
@@ -113,7 +113,7 @@ def test_only_devices_that_finish_compute_train(lossy_run: Path) -> None:
     events = [json.loads(line) for line in (lossy_run / "events.jsonl").read_text().splitlines()]
     summary = json.loads((lossy_run / "summary.json").read_text())
     for method in ("comigs", "hetlora"):
-        stats = summary["methods"][method] if "methods" in summary else summary[method]
+        stats = summary["methods"][method]
         compute_ends = sum(1 for e in events if e["method"] == method and e["kind"] == "compute_end")
         assert stats["training_calls"] + stats["training_skipped"] == compute_ends
 

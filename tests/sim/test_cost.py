@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import simpy
 
@@ -44,7 +45,11 @@ def test_compute_seconds_are_flops_over_speed_times_slowdown():
 
 def test_noise_and_failure_draws_depend_only_on_their_keys():
     assert compute_slowdown(7, 3, 2, 0.0) == 1.0
-    assert compute_slowdown(7, 3, 2, 0.1) == compute_slowdown(7, 3, 2, 0.1)
+    first = compute_slowdown(7, 3, 2, 0.1)
+    [compute_slowdown(s, d, r, 0.1) for s in range(3) for d in range(3) for r in range(3)]  # other draws between
+    assert compute_slowdown(7, 3, 2, 0.1) == first  # no shared RNG state: the key alone decides
+    logs = np.log([compute_slowdown(7, 3, r, 0.1) for r in range(20000)])
+    assert abs(logs.mean()) < 0.003 and logs.std() == pytest.approx(0.1, rel=0.03)  # median 1, ln-sd σ
     assert compute_slowdown(7, 3, 2, 0.1) != compute_slowdown(7, 3, 3, 0.1)
     assert failure_after_s(7, 3, 2, 0.0) == math.inf
 
