@@ -55,18 +55,22 @@ class SavedDevice:
 
 # ---------------------------------------------------------------- taking it out of a method
 
+def slices_in_use(a: torch.Tensor, b: torch.Tensor) -> int:
+    """The smallest k such that A's rows and B's columns from k on are all zero (at least 1)."""
+    nonzero = (a.abs().sum(1) > 0) | (b.abs().sum(0) > 0)  # (r,) slices that contribute
+    idx = torch.nonzero(nonzero)
+    return int(idx.max()) + 1 if len(idx) else 1
+
+
 def rank_in_use(tensors: dict[str, torch.Tensor]) -> int:
-    """The smallest rank k such that every LoRA's A rows and B columns from k on are zero: the
-    device's rank after HetLoRA's self-pruning (its trailing slices are kept at zero), else the
-    shape's. Dropping all-zero slices leaves s·B A unchanged exactly."""
+    """The smallest MLP rank k such that every MLP LoRA's A rows and B columns from k on are zero:
+    the device's rank after HetLoRA's self-pruning (its trailing slices are kept at zero), else the
+    shape's. Attention LoRA has its own fixed rank (`attn_rank`) and is not counted. Dropping
+    all-zero slices leaves s·B A unchanged exactly."""
     used = 0
     for name, a in tensors.items():
-        if not name.endswith("lora_A"):
-            continue
-        b = tensors[name[: -len("lora_A")] + "lora_B"]
-        nonzero = (a.abs().sum(1) > 0) | (b.abs().sum(0) > 0)  # (r,) slices that contribute
-        idx = torch.nonzero(nonzero)
-        used = max(used, int(idx.max()) + 1 if len(idx) else 1)
+        if name.endswith("lora_A") and ".attn." not in name:
+            used = max(used, slices_in_use(a, tensors[name[: -len("lora_A")] + "lora_B"]))
     return max(used, 1)
 
 
@@ -136,7 +140,7 @@ def lora_pairs(card: ModelCard, saved: SavedDevice, expert: int | None, attentio
     pairs = {}
     for path, (a, b) in out.items():
         scale = rslora_scale(saved.shape.alpha, a.shape[0])
-        keep = min(saved.rank, a.shape[0])
+        keep = a.shape[0] if attention else min(saved.rank, a.shape[0])  # attention: its own fixed rank
         if keep < a.shape[0]:
             if a[keep:].abs().max() > 0 or b[:, keep:].abs().max() > 0:
                 raise RuntimeError(f"{path}: rank slices beyond the device's rank {keep} are not zero")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from simfed.learn.adapters import AdapterShape
 from simfed.learn.budget import experts_for_budget, rank_for_budget
-from simfed.learn.spec import MethodSpec
+from simfed.learn.spec import SPEC_OF_KIND, MethodSpec
 
 TOP_K = 2  # CoMiGS routes each token to min(2, E) experts
 AVERAGED_EXPERTS = 2  # the paper's "2 times LoRA modules": CoMiGS-1G1S's expert count
@@ -47,6 +47,8 @@ def device_shape(spec: MethodSpec, memory_bytes: float, flops_per_s: float) -> A
     kind = spec.kind
     if kind == "pretrained":  # no adapters
         return AdapterShape(0, 0, 0)
+    if kind not in SPEC_OF_KIND:  # a plugin kind (examples/my_method): one LoRA of its spec's `rank`
+        return AdapterShape(1, spec.rank, spec.rank)
     attn = spec.attn_rank
     if kind == "comigs":
         return AdapterShape(comigs_experts(spec, memory_bytes, flops_per_s), spec.rank, attn)
@@ -64,9 +66,12 @@ def device_shape(spec: MethodSpec, memory_bytes: float, flops_per_s: float) -> A
 
 def matching_rule(spec: MethodSpec) -> str:
     """One line for summary.json and `simfed report`: the rule and what it gave this method."""
-    kind, r, a = spec.kind, spec.rank, spec.attn_rank
+    kind = spec.kind
     if kind == "pretrained":
         return "none (no adapters)"
+    if kind not in SPEC_OF_KIND:
+        return f"plugin ({kind}): its own adapters, not matched by simfed"
+    r, a = spec.rank, spec.attn_rank
     if kind == "comigs" or kind in MOE_KINDS:
         experts = "E (from the budget)" if kind == "comigs" and spec.variant == "1gxs" else "E = 2"
         return f"reference (the model baselines match): {experts} MLP experts of rank {r}, attention rank {a}"

@@ -42,7 +42,7 @@ training:
   eval_windows: 4
   lr: 2.0e-2
 methods:
-  - {{name: fedavg, kind: fedavg, rank: 4}}
+  - {{name: fedavg, kind: fedavg, rank: 4, match: none}}  # one LoRA: a PEFT adapter (the matched pair is a mixture)
   - {{name: hetlora, kind: hetlora, rank: 2, min_rank: 2, max_rank: 8, prune_lambda: 5.0}}
   - {{name: flexlora, kind: flexlora, rank: 2, min_rank: 2, max_rank: 8}}
   - {{name: comigs, kind: comigs, variant: 1gxs, rank: 4, tau: 2, router_steps: 1}}
@@ -97,8 +97,7 @@ def test_exported_adapter_loads_with_peft_and_scores_as_simfed(run_dir: Path, tm
     ranks = set()
     for d, folder in enumerate(folders):
         assert (folder / "adapter_config.json").is_file() and (folder / "adapter_model.safetensors").is_file()
-        config = json.loads((folder / "adapter_config.json").read_text())
-        ranks.add(config["r"])
+        ranks.add(mlp_rank_and_alpha(folder)[0])  # attention LoRA keeps its fixed rank 8
         base = load_base_model(load_card("tiny-gpt2"))  # a fresh, unwrapped base model
         untrained = perplexity(base.model, windows[d])
         model = PeftModel.from_pretrained(base.model, str(folder))
@@ -108,6 +107,18 @@ def test_exported_adapter_loads_with_peft_and_scores_as_simfed(run_dir: Path, tm
         assert ranks == {4}
     else:  # budget ranks differ across the tiers (flagship vs low)
         assert len(ranks) > 1
+
+
+def mlp_rank_and_alpha(folder: Path) -> tuple[int, float]:
+    """The rank and lora_alpha PEFT gives the MLP modules of an exported adapter (its rank_pattern /
+    alpha_pattern entry for them, else the config's r / lora_alpha): HetLoRA's heterogeneity is on
+    the MLP only, attention keeps rank 8 on every device."""
+    config = json.loads((folder / "adapter_config.json").read_text())
+    mlp = [p for p in config.get("rank_pattern") or {} if ".mlp." in p]
+    r = config["rank_pattern"][mlp[0]] if mlp else config["r"]
+    mlp_a = [p for p in config.get("alpha_pattern") or {} if ".mlp." in p]
+    alpha = config["alpha_pattern"][mlp_a[0]] if mlp_a else config["lora_alpha"]
+    return int(r), float(alpha)
 
 
 def test_hetlora_adapter_is_at_the_devices_current_rank(run_dir: Path, tmp_path: Path) -> None:
@@ -121,11 +132,12 @@ def test_hetlora_adapter_is_at_the_devices_current_rank(run_dir: Path, tmp_path:
         folder = simfed.export(run_dir, "hetlora", tmp_path / str(d), device=d)[0]
         config = json.loads((folder / "adapter_config.json").read_text())
         tensors = load_file(str(folder / "adapter_model.safetensors"))
-        a = next(v for k, v in tensors.items() if k.endswith("lora_A.weight"))
-        assert config["r"] == a.shape[0] == saved.rank <= saved.shape.mlp_rank
+        a = next(v for k, v in tensors.items() if k.endswith("lora_A.weight") and ".mlp." in k)
+        r, alpha = mlp_rank_and_alpha(folder)
+        assert r == a.shape[0] == saved.rank <= saved.shape.mlp_rank
         # the scale s = alpha/sqrt(r0) the device trained with is kept: lora_alpha/sqrt(r) = 16/sqrt(r0)
         assert config["use_rslora"] is True
-        assert config["lora_alpha"] / math.sqrt(config["r"]) == pytest.approx(16 / math.sqrt(saved.shape.mlp_rank))
+        assert alpha / math.sqrt(r) == pytest.approx(16 / math.sqrt(saved.shape.mlp_rank))
         pruned += saved.rank < saved.shape.mlp_rank
     assert pruned > 0  # prune_lambda 5 makes self-pruning bite: the truncated, re-scaled path is exercised
 
@@ -211,7 +223,7 @@ model: {model}
 data: {{users: [toy:a, toy:b], train_tokens: {train}, val_tokens: 600, test_tokens: 600, cache_dir: {cache}}}
 training: {{local_steps: 2, batch_size: 2, seq_len: 32, eval_windows: 3, lr: 1.0e-2}}
 methods:
-  - {{name: fedavg, kind: fedavg, rank: 4}}
+  - {{name: fedavg, kind: fedavg, rank: 4, match: none}}  # one LoRA: a PEFT adapter (the matched pair is a mixture)
   - {{name: hetlora, kind: hetlora, rank: 2, min_rank: 2, max_rank: 8}}
   - {{name: flexlora, kind: flexlora, rank: 2, min_rank: 2, max_rank: 8}}
   - {{name: comigs, kind: comigs, variant: 1gxs, rank: 4, tau: 2, router_steps: 1}}
