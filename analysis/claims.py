@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:
 import yaml  # noqa: E402
 
 from simfed.report.stats import PairedTest, final_device_ppl, format_p, paired_test, pairs  # noqa: E402
-from simfed.run.results import read_metrics  # noqa: E402
+from simfed.report.readers import read_metrics  # noqa: E402
 
 ALPHA = 0.05
 POOR = ("1", "2", "3")  # data-rich study: the data-poor devices

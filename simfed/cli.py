@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out_root = Path(args.out) if args.out else Path(scenario.output.dir)
 
     from simfed.run.progress import ProgressView
-    from simfed.run.results import summarize_metrics
+    from simfed.report.readers import summarize_metrics
     from simfed.run.runner import run_scenario  # torch comes in here, and only here
 
     names = [m.name for m in scenario.methods]
@@ -122,7 +122,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from simfed.report.plots import plot_run
     from simfed.run.progress import ProgressView
-    from simfed.run.results import read_summary, summarize_metrics
+    from simfed.report.readers import read_summary, summarize_metrics
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "metrics.csv").is_file():
@@ -142,7 +142,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _run_name(run_dir: Path) -> str:
     """The scenario a run directory belongs to (summary.json, else the parent folder's name)."""
-    from simfed.run.results import read_summary
+    from simfed.report.readers import read_summary
 
     return str(read_summary(run_dir).get("scenario") or run_dir.resolve().parent.name)
 
@@ -179,7 +179,7 @@ def _run_report(run_dir: Path, status: str) -> tuple[str, str]:
     from simfed.report.tables import build_table, device_table, seeds_note, to_csv, to_markdown
     from simfed.report.targets import run_targets
     from simfed.report.targets import to_markdown as targets_markdown
-    from simfed.run.results import read_metrics
+    from simfed.report.readers import read_metrics
 
     rows = read_metrics(run_dir)
     name = _run_name(run_dir)
@@ -206,7 +206,7 @@ def _run_report(run_dir: Path, status: str) -> tuple[str, str]:
         targets_markdown(run_targets(run_dir)),
     ])
     from simfed.report.setting import setting_markdown
-    from simfed.run.results import read_summary
+    from simfed.report.readers import read_summary
 
     setting = setting_markdown(read_summary(run_dir))
     if setting:
@@ -233,7 +233,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from simfed.report.tables import build_table, seeds_note, to_csv, to_markdown
-    from simfed.run.results import read_metrics
+    from simfed.report.readers import read_metrics
 
     runs = [Path(p) for p in args.run_dirs]
     for run_dir in runs:

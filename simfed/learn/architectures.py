@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simfed.learn.model_card import MlpSpec, ModelCard, ModelCardError, SourceSpec, TokenizerSpec
+from simfed.learn.card_spec import MlpSpec, ModelCard, ModelCardError, SourceSpec, TokenizerSpec
 
 
 @dataclass(frozen=True)

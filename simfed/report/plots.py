@@ -11,7 +11,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from simfed.run.results import MEAN_DEVICE, RunDirectory, read_metrics
+from simfed.run.results import MEAN_DEVICE, RunDirectory
+from simfed.report.readers import read_metrics
 
 MB = 1e6  # bytes per megabyte (decimal, as link speeds are quoted)
 

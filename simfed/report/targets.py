@@ -129,3 +129,14 @@ def to_markdown(result: dict[str, Any]) -> str:
                          f"{e['seeds_reached']}/{e['seeds']} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def record_targets(run: Any) -> None:
+    """Time-to-target of a run whose directory has just closed (a `RunDirectory`; metrics.csv is
+    complete on disk), written into its summary.json. A failure never hides how the run ended:
+    its error goes into summary.json's `error`."""
+    try:
+        run.time_to_target = run_targets(run.path)
+        run.write_summary()
+    except Exception as exc:  # noqa: BLE001 - a derived table, never the run's outcome
+        run.record_problem(f"time to target failed: {exc}")

@@ -210,6 +210,7 @@ class DryWorkload:
 def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
     """`run_scenario` in dry mode: no model weights, no data, no federation; same outputs."""
     from simfed.report.plots import plot_closed_run
+    from simfed.report.targets import record_targets
     from simfed.run.observers import close_observers, open_observers
     from simfed.run.trace import TraceWriter
 
@@ -227,6 +228,7 @@ def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
             finally:
                 close_observers(watchers[1:])
     finally:
+        record_targets(run)
         plot_closed_run(run)
     return run.path
 

@@ -83,7 +83,7 @@ class RunDirectory:
             self._metrics_file.flush()
         self._events = open(self.path / "events.jsonl", "a", encoding="utf-8")
         self._closed = False
-        self.time_to_target: dict[str, Any] | None = None  # simfed/report/targets.py, at close
+        self.time_to_target: dict[str, Any] | None = None  # simfed/report/targets.py, after close
         self.environment: dict[str, Any] | None = None  # simfed/run/environment.py, set by the runner
 
     @classmethod
@@ -240,7 +240,8 @@ class RunDirectory:
 
     def close(self, status: str = "complete", error: str | None = None) -> None:
         """Write the final summary; close the files. Idempotent. (The runner draws the plots
-        after this, `simfed.report.plots.plot_closed_run`: the readers and plots are not the writer's job.)"""
+        after this, `simfed.report.targets.record_targets` and `simfed.report.plots.plot_closed_run`:
+        the readers, derived tables and plots are not the writer's job.)"""
         if self._closed:
             return
         assert status in STATUSES, status
@@ -248,12 +249,6 @@ class RunDirectory:
         self.status, self.error = status, error
         self._metrics_file.close()
         self._events.close()
-        try:
-            from simfed.report.targets import run_targets
-
-            self.time_to_target = run_targets(self.path)
-        except Exception as exc:  # a derived table must never hide how the run ended
-            self.error = (self.error + "; " if self.error else "") + f"time to target failed: {exc}"
         self.write_summary()
 
     def record_problem(self, text: str) -> None:
@@ -301,8 +296,4 @@ def _clean(value: Any) -> Any:
         return [_clean(v) for v in value]
     return _number(value)
 
-
-# ---------------------------------------------------------------- reading a run directory
-# The readers live with the reports (simfed/report/readers.py, pandas); imported here for the
-# callers that found them in this module.
-from simfed.report.readers import read_metrics, read_summary, summarize_metrics  # noqa: E402,F401
+# The readers of a run directory are in simfed/report/readers.py (the writer never imports them).

@@ -22,7 +22,7 @@ import torch
 
 from simfed.config import Scenario
 from simfed.data.federated import UserData, build_federation
-from simfed.data.partition import write_partition
+from simfed.data.partition_record import write_partition
 from simfed.errors import SimfedError
 from simfed.learn.adapters import AdaptedModel
 from simfed.learn.device import load_adapted_model
@@ -35,6 +35,7 @@ from simfed.learn.model_card import load_card
 from simfed.learn.params import method_setting
 from simfed.learn.survival import surviving_share
 from simfed.report.plots import plot_closed_run
+from simfed.report.targets import record_targets
 from simfed.run.checkpoint import Checkpoints, ResumeError
 from simfed.run.divergence import DivergenceGuard, method_status
 from simfed.run.dry import run_dry
@@ -332,7 +333,8 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
             finally:
                 close_observers(observers)
     finally:
-        plot_closed_run(run)  # however the run ended, from the files it closed
+        record_targets(run)  # however the run ended, from the files it closed
+        plot_closed_run(run)
     return run.path
 
 

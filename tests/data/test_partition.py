@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from simfed.data.federated import build_federation
-from simfed.data.partition import partition_record, shares
+from simfed.data.partition import shares
+from simfed.data.partition_record import partition_record
 from simfed.data.spec import DataError, DataSpec, PartitionSpec
 from simfed.data.tokenized import ByteTokenizer
 from tests.run.conftest import run_text  # noqa: F401 - the runner tests' fixture

@@ -39,13 +39,15 @@ def one_round(model, data, spec: MethodSpec, training: TrainingSpec = TRAINING):
 # attention LoRA q 64+64, k 64+32, v 64+32, o 64+64 = 448; one gated MLP expert 3·(64+128) = 576;
 # LoRA B alone (out × r): attention 64+32+32+64 = 192, MLP 128+128+64 = 320
 L_ATTN, L_EXPERT, L_B = 448, 576, 192 + 320
-UPLOAD_NUMEL = {  # elements a device uploads after round 0 (rank 8; LOW_END → rank 16 for HetLoRA/FlexLoRA)
+UPLOAD_NUMEL = {  # elements a device uploads after round 0: attention LoRA rank 8 everywhere (attn_rank),
+    # MLP experts of rank 8 (match: paper; LOW_END → E = 2, so MLP rank 8·2 = 16 for HetLoRA/FlexLoRA)
     "comigs": 2 * 8 * (L_ATTN + L_EXPERT),  # 1G1S: attention + the generalist
-    "hetlora": 2 * 16 * (L_ATTN + L_EXPERT), "flexlora": 2 * 16 * (L_ATTN + L_EXPERT),
-    "fedavg": 2 * 8 * (L_ATTN + L_EXPERT), "centralized": 2 * 8 * (L_ATTN + L_EXPERT),
-    "ffa_lora": 2 * 8 * L_B,  # B only
+    "hetlora": 2 * (8 * L_ATTN + 16 * L_EXPERT), "flexlora": 2 * (8 * L_ATTN + 16 * L_EXPERT),
+    "fedavg": 2 * 8 * (L_ATTN + 2 * L_EXPERT),  # the matched pair of averaged experts, all shared
+    "centralized": 0,  # the server trains the one model on the pooled data: devices send nothing
+    "ffa_lora": 2 * (8 * 192 + 16 * 320),  # B only: attention B at rank 8, the MLP's at 2·8 = 16
     "local": 0, "pretrained": 0, "local_moe": 0,
-    "pcl": 0,  # round 0 is not the round before a collaboration (pcl_start 4)
+    "pcl": 0,  # round 0 is not a collaboration round (pcl_start 4)
     "fedavg_moe": 2 * 8 * (L_ATTN + 2 * L_EXPERT), "pfedmoe": 2 * 8 * (L_ATTN + L_EXPERT),
 }
 # the frozen base's linears per layer: q 64·64, k 64·32, v 64·32, o 64·64, gate/up/down 3·64·128
@@ -68,7 +70,8 @@ def test_every_kind_runs_a_round_on_llama(tiny_llama, toy_data, kind):
         upload = {n: tuple(t.shape) for n, t in updates[c].upload.items()}
         assert upload == planned[c]
         assert sum(t.numel() for t in updates[c].upload.values()) == UPLOAD_NUMEL[kind]
-        assert method.round_flops(c) == 0.0 if kind == "pretrained" else method.round_flops(c) > floor
+        # Pretrained trains nothing; Centralized's devices neither (the server trains the pooled model)
+        assert method.round_flops(c) == 0.0 if kind in ("pretrained", "centralized") else method.round_flops(c) > floor
 
 
 # --- Pretrained -------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import pytest
 
 from simfed.cli import main
 from simfed.report.tables import build_table, device_table, final_cells, sample_std, to_csv, to_markdown
-from simfed.run.results import METRICS_HEADER, read_metrics
+from simfed.run.results import METRICS_HEADER
+from simfed.report.readers import read_metrics
 
 # (method, seed, round, device, ppl, acc): final rounds are 2; round-1 rows must be ignored
 ROWS_A = [

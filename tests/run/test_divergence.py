@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from simfed.learn.methods.fedavg import FedAvg
-from simfed.run.results import read_metrics, read_summary
+from simfed.report.readers import read_metrics, read_summary
 
 SCENARIO = """
 name: divergence_test

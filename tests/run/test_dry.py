@@ -18,7 +18,7 @@ from simfed.learn.spec import TrainingSpec, method_spec
 from simfed.run.dry import DryMethod, DryWorkload, model_dims
 from simfed.run.payload import shapes_bytes
 from simfed.run.progress import ProgressView
-from simfed.run.results import read_metrics
+from simfed.report.readers import read_metrics
 from simfed.sim.accounting import Tally
 from simfed.sim.fleet import build_fleet
 from simfed.sim.spec import WorldSpec

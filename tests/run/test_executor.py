@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from simfed.run.results import read_metrics
+from simfed.report.readers import read_metrics
 
 SCENARIO = """
 name: executor_test

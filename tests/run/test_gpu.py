@@ -22,7 +22,7 @@ def test_auto_picks_cuda_with_bf16_autocast():
 
 
 def test_a_scenario_trains_on_the_gpu_unchanged(run_text, tmp_path):
-    from simfed.run.results import read_metrics
+    from simfed.report.readers import read_metrics
 
     text = f"""
 name: gpu_smoke

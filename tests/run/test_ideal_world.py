@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from simfed.config import load_scenario
-from simfed.run.results import read_metrics
+from simfed.report.readers import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 3

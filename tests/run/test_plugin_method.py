@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from simfed.run.results import read_metrics
+from simfed.report.readers import read_metrics
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "my_method"
 

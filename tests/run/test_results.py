@@ -8,7 +8,8 @@ from datetime import datetime
 import pytest
 
 from simfed.report.plots import mean_curves, plot_closed_run, plot_run
-from simfed.run.results import METRICS_HEADER, RunDirectory, read_metrics, summarize_metrics
+from simfed.run.results import METRICS_HEADER, RunDirectory
+from simfed.report.readers import read_metrics, summarize_metrics
 from simfed.sim.events import SimEvent
 
 NOW = datetime(2025, 1, 2, 3, 4, 5)

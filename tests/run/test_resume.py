@@ -16,7 +16,7 @@ import pytest
 
 from simfed.cli import main
 from simfed.config import load_scenario
-from simfed.run.results import read_metrics, read_summary
+from simfed.report.readers import read_metrics, read_summary
 
 # fedavg, hetlora (ranks, received payloads) and pcl (relayed models); devices of the slow group
 # miss the 5 s deadline, so updates are still being computed when a round (and its checkpoint) ends

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simfed.run.results import read_metrics
+from simfed.report.readers import read_metrics
 
 SCENARIO = """
 name: runner_test

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from simfed.run import runner
 from simfed.run.checkpoint import ResumeError
-from simfed.run.results import read_summary
+from simfed.report.readers import read_summary
 
 SCENARIO = """
 name: world_resume
