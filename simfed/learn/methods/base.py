@@ -133,6 +133,20 @@ class Costs(ABC):
         return None
 
 
+class NoDeviceCosts(Costs):
+    """The costs of a method whose devices move no bytes and compute nothing (Pretrained; Centralized,
+    whose one model the server trains): every answer is zero, written once here."""
+
+    def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def round_flops(self, client: int) -> float:
+        return 0.0
+
+
 class MergesAsync(ABC):
     """A method whose server can merge FedBuff/FedAsync's staleness-weighted buffered updates."""
 

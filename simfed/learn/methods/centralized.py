@@ -22,7 +22,7 @@ from simfed.learn.evaluate import evaluate_windows
 from simfed.learn.local_update import ClientState, batch_rng, new_client_state, train_locally
 from simfed.learn.matching import describe_lora, device_shape
 from simfed.learn.methods.base import (
-    Checkpointable, ClientInfo, Costs, EvalResult, LocalPlan, Method, Replicable, Split, Update,
+    Checkpointable, ClientInfo, EvalResult, LocalPlan, Method, NoDeviceCosts, Replicable, Split, Update,
 )
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import SERVER_KEY, AdapterFederation, torch_generator
@@ -39,7 +39,7 @@ def pooled_split(clients: list[ClientInfo], split: str) -> np.ndarray:
     return tokens
 
 
-class Centralized(Method, Costs, Checkpointable, Replicable):
+class Centralized(Method, NoDeviceCosts, Checkpointable, Replicable):
     """Not an `AdapterMethod`: no device holds adapters of its own (routing records, memory need
     and exports see none); the one model lives here."""
 
@@ -91,18 +91,6 @@ class Centralized(Method, Costs, Checkpointable, Replicable):
 
     def evaluate(self, client: int, split: Split = "test") -> EvalResult:
         return evaluate_windows(self.pool.model, self.state.adapters, self.pool.windows(client, split), self.pool.eval_batch)
-
-    def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        return {}
-
-    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        return {}
-
-    def round_flops(self, client: int) -> float:
-        return 0.0
-
-    def round_activation_bytes(self, client: int) -> float:
-        return 0.0
 
     def describe_client(self, client: int) -> str:
         return describe_lora(self.shape) + ", pooled (one model)"

@@ -11,12 +11,12 @@ import torch
 from simfed.learn.adapters import AdaptedModel
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
 from simfed.learn.methods.base import (
-    Checkpointable, ClientInfo, Costs, EvalResult, LocalPlan, Method, Replicable, Split, Update,
+    Checkpointable, ClientInfo, EvalResult, LocalPlan, Method, NoDeviceCosts, Replicable, Split, Update,
 )
 from simfed.learn.spec import PretrainedSpec, TrainingSpec
 
 
-class Pretrained(Method, Costs, Checkpointable, Replicable):
+class Pretrained(Method, NoDeviceCosts, Checkpointable, Replicable):
     spec_type = PretrainedSpec
     measured_model = "the frozen base model (no adapters, never trained)"
 
@@ -47,15 +47,6 @@ class Pretrained(Method, Costs, Checkpointable, Replicable):
             tokens = getattr(self.clients[client].data, split)
             self._windows[key] = evaluation_windows(tokens, self.seq_len, self.eval_windows)
         return evaluate_windows(self.model, None, self._windows[key])
-
-    def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        return {}
-
-    def download_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
-        return {}
-
-    def round_flops(self, client: int) -> float:
-        return 0.0
 
     def describe_client(self, client: int) -> str:
         return "base model"
