@@ -30,3 +30,30 @@ def run_text() -> RunText:
             return Path(runner.run_scenario(scenario, path, out_root, scenario.seeds, view, **extra))
 
     return run
+
+
+# The head of the tiny-GPT-2 scenarios several runner tests write (two toy users, two local steps
+# of 2 × 32 tokens): each test adds its own methods and world after `methods:`. `{cache}` stays a
+# format field (the test fills it with its tmp cache), so the rest of its text escapes braces.
+TINY_GPT2_HEAD = """
+name: {name}
+seeds: [0]
+model: tiny-gpt2
+data:
+  users: [toy:a, toy:b]
+  train_tokens: 3000
+  val_tokens: 800
+  test_tokens: 800
+  cache_dir: {{cache}}
+training:
+  local_steps: 2
+  batch_size: 2
+  seq_len: 32
+  eval_windows: 4
+methods:
+"""
+
+
+def tiny_gpt2_head(name: str) -> str:
+    """`TINY_GPT2_HEAD` for a scenario called `name`, with `{cache}` left to fill."""
+    return TINY_GPT2_HEAD.format(name=name)

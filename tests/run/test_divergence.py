@@ -14,23 +14,9 @@ import pytest
 
 from simfed.learn.methods.fedavg import FedAvg
 from simfed.report.readers import read_metrics, read_summary
+from tests.run.conftest import tiny_gpt2_head
 
-SCENARIO = """
-name: divergence_test
-seeds: [0]
-model: tiny-gpt2
-data:
-  users: [toy:a, toy:b]
-  train_tokens: 3000
-  val_tokens: 800
-  test_tokens: 800
-  cache_dir: {cache}
-training:
-  local_steps: 2
-  batch_size: 2
-  seq_len: 32
-  eval_windows: 4
-methods:
+SCENARIO = tiny_gpt2_head("divergence_test") + """
   - {{name: fedavg, kind: fedavg}}
 world:
   fleet:

@@ -12,23 +12,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests.run.conftest import tiny_gpt2_head
 
-SCENARIO = """
-name: waste_test
-seeds: [0]
-model: tiny-gpt2
-data:
-  users: [toy:a, toy:b]
-  train_tokens: 3000
-  val_tokens: 800
-  test_tokens: 800
-  cache_dir: {cache}
-training:
-  local_steps: 2
-  batch_size: 2
-  seq_len: 32
-  eval_windows: 4
-methods:
+SCENARIO = tiny_gpt2_head("waste_test") + """
   - {{name: fedavg, kind: fedavg}}
   - {{name: comigs, kind: comigs, variant: 1g1s, tau: 2, router_steps: 1}}
 world:

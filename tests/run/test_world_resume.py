@@ -12,23 +12,9 @@ from safetensors.torch import load_file, save_file
 from simfed.run import runner
 from simfed.run.checkpoint import ResumeError
 from simfed.report.readers import read_summary
+from tests.run.conftest import tiny_gpt2_head
 
-SCENARIO = """
-name: world_resume
-seeds: [0]
-model: tiny-gpt2
-data:
-  users: [toy:a, toy:b]
-  train_tokens: 3000
-  val_tokens: 800
-  test_tokens: 800
-  cache_dir: {cache}
-training:
-  local_steps: 2
-  batch_size: 2
-  seq_len: 32
-  eval_windows: 4
-methods:
+SCENARIO = tiny_gpt2_head("world_resume") + """
   - {{name: fedavg, kind: fedavg}}
 world:
   fleet:
