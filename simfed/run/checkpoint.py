@@ -7,17 +7,19 @@ follow from the scenario, the seed and the sequence of `cost()` answers. So a ch
 
 - at every round end (after that round's evaluation row) the runner saves, atomically, the
   method's `state_dict()` (server tensors, every client's adapters and optimizer states in
-  safetensors, method extras such as HetLoRA's ranks or PCL's relayed models), the workload's
-  in-flight state (payloads downloaded by devices still computing — stragglers included —,
-  updates computed but not yet merged, async bases), torch's RNG state, and the byte sizes of
+  safetensors, method extras such as HetLoRA's ranks or PCL's relayed models), the live
+  workload's in-flight value (`InFlight`, simfed/run/workload.py: payloads downloaded by devices
+  still computing — stragglers included —, updates computed but not yet merged, async bases, the
+  divergence guard's record; nothing else of the workload is read), torch's RNG state, and the byte sizes of
   metrics.csv, events.jsonl and of the costs log: every `cost()` answer, in order, appended as the
   run goes;
 - on resume the scenario, fleet, data and method are rebuilt as in a fresh run, the method's state
-  is loaded, and the engine runs again from t = 0 with a `Replay`: `cost()` answers come from the
-  costs log, no training/aggregation/evaluation happens and nothing is written (only the `Tally`
-  observes, so the cumulative bytes/energy/counters are rebuilt), until the checkpointed round's
-  `on_round_end`; there the workload's in-flight state and the RNG are restored and the run goes
-  on for real, writing events and metrics exactly where the checkpoint left the files.
+  is loaded (`load` → `SavedRound`), and the engine runs again from t = 0 driven by a `Replay`
+  (simfed/run/replay.py): `cost()` answers come from the costs log, no training/aggregation/
+  evaluation happens and nothing is written (only the `Tally` observes, so the cumulative
+  bytes/energy/counters are rebuilt), until the checkpointed round's `on_round_end`; there the
+  live workload restores the `InFlight` value, the RNG is restored, and the engine is handed over
+  to the live workload, writing events and metrics exactly where the checkpoint left the files.
 
 Method/seed pairs already finished are skipped; those not started run as usual. Layout:
 
@@ -34,9 +36,9 @@ import json
 import os
 import re
 import shutil
-from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -44,9 +46,9 @@ from safetensors.torch import load_file, save_file
 from simfed.errors import SimfedError
 from simfed.learn.methods.base import Update
 from simfed.learn.store import pack_states, save_client_state, unpack_states
-from simfed.run.divergence import DivergenceGuard, replayed_refusals
-from simfed.run.replay_check import fingerprint_change, tally_change, tally_record, world_fingerprint
+from simfed.run.replay_check import tally_record, world_fingerprint
 from simfed.run.results import RunDirectory
+from simfed.run.workload import InFlight
 from simfed.sim.workload import RoundCost
 
 ROOT = "checkpoint"
@@ -157,13 +159,15 @@ class Checkpoints:
             if "rng" in self.progress:
                 _set_rng_state(self.progress["rng"])
 
-    def method(self, index: int, name: str, seed: int) -> "MethodCheckpoint":
+    def method(self, index: int, name: str, seed: int, world: Any) -> "MethodCheckpoint":
+        """The checkpoints of method `index` for `seed` in `world` (the scenario's WorldSpec: its
+        inputs' fingerprint goes into every checkpoint)."""
         directory = self.root / f"seed-{seed}" / f"{index}-{_safe(name)}"
         current = self.progress.get("current")
         if current and (current["index"], current["seed"]) == (index, seed):
-            return MethodCheckpoint(self, index, seed, directory, current)
+            return MethodCheckpoint(self, index, seed, directory, current, world)
         shutil.rmtree(directory, ignore_errors=True)  # started after the last checkpoint: from scratch
-        return MethodCheckpoint(self, index, seed, directory, None)
+        return MethodCheckpoint(self, index, seed, directory, None, world)
 
     def finished(self, index: int, seed: int) -> None:
         self.progress["done"].append([index, seed])
@@ -176,8 +180,8 @@ class Checkpoints:
 class MethodCheckpoint:
     """One method/seed's checkpoints: the costs log, and the state saved at every round end."""
 
-    def __init__(self, owner: Checkpoints, index: int, seed: int, directory: Path, current: dict | None):
-        self.owner, self.index, self.seed, self.dir = owner, index, seed, directory
+    def __init__(self, owner: Checkpoints, index: int, seed: int, directory: Path, current: dict | None, world: Any):
+        self.owner, self.index, self.seed, self.dir, self.world = owner, index, seed, directory, world
         self.current = current  # the checkpoint to resume from, if any
         self.dir.mkdir(parents=True, exist_ok=True)
         costs = self.dir / "costs.jsonl"
@@ -201,22 +205,17 @@ class MethodCheckpoint:
         self._costs.write(json.dumps([device, round_index, cost.download_bytes, cost.upload_bytes, cost.flops,
                                       cost.activation_bytes, cost.kept_share]) + "\n")
 
-    def save(self, round_index: int, method: Any, workload: Any) -> None:
-        """Checkpoint at the end of `round_index` (after its evaluation was written)."""
+    def save(self, round_index: int, method: Any, flight: InFlight, tally: Any) -> None:
+        """Checkpoint at the end of `round_index` (after its evaluation was written): the method's
+        state and the live workload's in-flight value (simfed/run/workload.py), with the tally the
+        resume's replay must reach (simfed/run/replay_check.py)."""
         self._costs.flush()
         state = method.state_dict()
         tensors = {f"method.{k}": v.detach().clone().contiguous() for k, v in state["tensors"].items()}
         meta: dict[str, Any] = {"method": state["meta"]}
-        work: dict[str, Any] = {"training_calls": workload.training_calls}
-        pack_states("pending", workload.pending, tensors, work)
-        pack_states("updates", {d: u.upload for d, (_, u) in workload.updates.items()}, tensors, work)
-        work["update_info"] = [[d, r, u.client, u.n_tokens, u.train_loss, u.extra]
-                               for d, (r, u) in workload.updates.items()]
-        pack_states("bases", getattr(workload, "bases", {}), tensors, work)
-        work["guard"] = workload.guard.export()  # non-finite updates refused so far (simfed/run/divergence.py)
-        work["world"] = world_fingerprint(workload.scenario.world)  # what resume checks (simfed/run/replay_check.py)
-        work["tally"] = tally_record(workload.tally)
-        meta["workload"] = work
+        meta["workload"] = _pack_flight(flight, tensors)
+        meta["workload"]["world"] = world_fingerprint(self.world)  # what resume checks
+        meta["workload"]["tally"] = tally_record(tally)
         meta["devices"] = {k: str(v.device) for k, v in tensors.items() if v.device.type != "cpu"}
         tensors = {k: v.cpu() for k, v in tensors.items()}
 
@@ -228,7 +227,7 @@ class MethodCheckpoint:
         for client, value in clients.items():
             target = tmp / f"client-{client}.safetensors"
             before = self._previous / target.name if self._previous is not None else None
-            if client not in workload.trained and before is not None and before.exists():
+            if client not in flight.trained and before is not None and before.exists():
                 _link_or_copy(before, target)  # unchanged since the previous checkpoint (whose files never change)
             elif isinstance(value, Path):  # spilled to disk: copied (a spill file is rewritten in place)
                 shutil.copyfile(value, target)
@@ -250,12 +249,11 @@ class MethodCheckpoint:
         if self._previous is not None and self._previous.resolve() != final.resolve():
             shutil.rmtree(self._previous, ignore_errors=True)
         self._previous = final
-        workload.trained.clear()
 
     # ------------------------------------------------------------ resuming
 
-    def load(self, method: Any) -> "Replay":
-        """Load the method's state; the `Replay` that rebuilds the simulated world up to the checkpoint."""
+    def load(self, method: Any) -> "SavedRound":
+        """Load the method's state; what the resume's `Replay` (simfed/run/replay.py) needs besides."""
         assert self.current is not None
         folder = self.owner.root / self.current["dir"]
         from safetensors import safe_open
@@ -270,61 +268,46 @@ class MethodCheckpoint:
             "clients": {c: folder / f"client-{c}.safetensors" for c in meta["clients"]},
             "meta": meta["method"],
         })
-        costs = []
         with open(self.dir / "costs.jsonl", encoding="utf-8") as f:
-            for line in f:
-                costs.append(json.loads(line))
-        return Replay(self, costs, self.round, tensors, meta["workload"])
+            costs = tuple(json.loads(line) for line in f)
+        work = meta["workload"]
+        return SavedRound(self.round, costs, _unpack_flight(work, tensors), work.get("world"), work.get("tally"),
+                          self.owner.restore_rng_once)
 
 
-class Replay:
-    """The workload's stand-in while the engine replays the rounds before the checkpoint: costs
-    from the log, in order; at the checkpointed round's end, the workload's in-flight state back."""
+@dataclass(frozen=True)
+class SavedRound:
+    """A method's checkpoint as a resume reads it back (the method's own state is loaded already)."""
 
-    def __init__(self, checkpoint: MethodCheckpoint, costs: list, round_index: int,
-                 tensors: dict[str, torch.Tensor], work: dict[str, Any]):
-        self.checkpoint = checkpoint
-        self.queue = deque(costs)
-        self.round = round_index
-        self.tensors, self.work = tensors, work
+    round: int  # the round whose end it was taken at
+    costs: tuple[list, ...]  # every cost() answer of the run up to there, in order (the costs log)
+    flight: InFlight  # the live workload's in-flight value then
+    world: dict[str, str] | None  # the world's inputs' fingerprint then (None: an older checkpoint)
+    tally: dict[str, Any] | None  # the replayed tally fields then (None: an older checkpoint)
+    restore_rng: Callable[[], None]  # torch's RNG as checkpointed (once per resumed run)
 
-    def cost(self, device: int, round_index: int) -> RoundCost:
-        if not self.queue:
-            raise ResumeError("resume: the replay asks for more costs than the run recorded "
-                              "(the scenario or simfed changed since the run started?)")
-        d, r, down, up, flops, *traffic = self.queue.popleft()  # traffic: absent in older cost logs
-        if (d, r) != (device, round_index):
-            raise ResumeError(f"resume: the replay picks device {device} in round {round_index}, the run "
-                              f"picked device {d} in round {r} (the scenario or simfed changed?)")
-        return RoundCost(down, up, flops, traffic[0] if traffic else 0.0,
-                         traffic[1] if len(traffic) > 1 else None)  # kept_share: absent in older cost logs
 
-    def check_world(self, world: Any, label: str) -> None:
-        """Before replaying: the world's inputs beyond the scenario must be those checkpointed."""
-        change = fingerprint_change(self.work.get("world"), world_fingerprint(world))
-        if change is not None:
-            raise ResumeError(f"resume: {label}: {change}")
+def _pack_flight(flight: InFlight, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """`flight` as JSON metadata, its tensors added to `tensors` (the on-disk layout of version 1)."""
+    work: dict[str, Any] = {"training_calls": flight.training_calls}
+    pack_states("pending", dict(flight.pending), tensors, work)
+    pack_states("updates", {d: u.upload for d, (_, u) in flight.updates.items()}, tensors, work)
+    work["update_info"] = [[d, r, u.client, u.n_tokens, u.train_loss, u.extra] for d, (r, u) in flight.updates.items()]
+    pack_states("bases", dict(flight.bases), tensors, work)
+    work["guard"] = {"refused": [[d, r] for d, r in flight.refused.items()], "screened": [list(x) for x in flight.screened]}
+    return work
 
-    def refused(self, round_index: int, devices: list[int]) -> list[int]:
-        """The reports the server refused as non-finite in this round, as the run recorded."""
-        return replayed_refusals(self.work.get("guard"), round_index, devices)
 
-    def finish(self, workload: Any) -> None:
-        """The checkpointed round has ended: the workload takes over for real from here."""
-        if self.queue:
-            raise ResumeError(f"resume: {len(self.queue)} recorded costs were not replayed")
-        change = tally_change(self.work.get("tally"), workload.tally)
-        if change is not None:
-            raise ResumeError(f"resume: {workload.method.name} seed {workload.seed}: the replay ends round {self.round} "
-                              f"with {change} (the scenario's world, its data files or simfed changed?)")
-        work, tensors = self.work, self.tensors
-        workload.pending = unpack_states("pending", tensors, work)
-        uploads = unpack_states("updates", tensors, work)
-        workload.updates = {d: (r, Update(client, uploads[d], n_tokens, loss, extra))
-                            for d, r, client, n_tokens, loss, extra in work["update_info"]}
-        if hasattr(workload, "bases"):
-            workload.bases = unpack_states("bases", tensors, work)
-        workload.training_calls = int(work["training_calls"])
-        workload.guard = DivergenceGuard.restore(work.get("guard"))
-        workload.replay = None
-        self.checkpoint.owner.restore_rng_once()
+def _unpack_flight(work: dict[str, Any], tensors: dict[str, torch.Tensor]) -> InFlight:
+    """`_pack_flight` inverted."""
+    uploads = unpack_states("updates", tensors, work)
+    updates = {d: (r, Update(client, uploads[d], n_tokens, loss, extra))
+               for d, r, client, n_tokens, loss, extra in work["update_info"]}
+    guard = work.get("guard") or {"refused": [], "screened": []}
+    return InFlight(
+        pending=unpack_states("pending", tensors, work), updates=updates,
+        bases=unpack_states("bases", tensors, work),
+        refused={int(d): int(r) for d, r in guard["refused"]},
+        screened=tuple((int(r), int(d)) for r, d in guard["screened"]),
+        training_calls=int(work["training_calls"]),
+    )

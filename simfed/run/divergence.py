@@ -8,8 +8,9 @@ workload's updates and its device is put back to what it downloaded; when the en
 workload to `screen` the reports of a round, the guard names the refused ones, and the engine logs
 a `diverged` event for each and leaves it out of the merge. The run goes on.
 
-What the guard refused is part of the run's history, so a checkpoint keeps it (`export`) and the
-resume's replay answers the engine's `screen` calls from it (`replayed_refusals`).
+What the guard refused is part of the run's history, so it is part of the live workload's
+in-flight value (`InFlight.refused`, `.screened`: simfed/run/workload.py) that a checkpoint keeps,
+and the resume's replay answers the engine's `screen` calls from it (simfed/run/replay.py).
 """
 from __future__ import annotations
 
@@ -55,21 +56,6 @@ class DivergenceGuard:
         """Synchronous rounds up to `round_index` are closed: their late updates are never merged."""
         for d in [d for d, r in self.refused.items() if r <= round_index]:
             del self.refused[d]
-
-    def export(self) -> dict[str, Any]:
-        return {"refused": [[d, r] for d, r in self.refused.items()], "screened": [list(x) for x in self.screened]}
-
-    @classmethod
-    def restore(cls, saved: dict[str, Any] | None) -> "DivergenceGuard":
-        if not saved:
-            return cls()
-        return cls({int(d): int(r) for d, r in saved["refused"]}, [(int(r), int(d)) for r, d in saved["screened"]])
-
-
-def replayed_refusals(saved: dict[str, Any] | None, round_index: int, devices: Sequence[int]) -> list[int]:
-    """While a resume replays the rounds before its checkpoint: what the server refused then."""
-    refused = {(int(r), int(d)) for r, d in (saved or {}).get("screened", [])}
-    return [d for d in devices if (round_index, d) in refused]
 
 
 def method_status(diverged: int, aggregated: int) -> str:
