@@ -26,6 +26,7 @@ FLOPs / FLOP/s — the two-term roofline sum the simulated world uses for comput
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape
 
@@ -176,3 +177,40 @@ def round_flops(
     if shape.has_router and router_phases:
         total += router_phases * router_steps * step_flops(dims, shape, batch_size, seq_len, "router")
     return total
+
+
+class RoundRecipe(Protocol):
+    """What of a local-round recipe (simfed/learn/local_update.py's `Recipe`) the cost rules read."""
+
+    batch_size: int
+    seq_len: int
+    local_steps: int
+    tau: int  # expert steps between router phases
+    router_steps: int
+
+
+def recipe_round_flops(dims: ModelDims, shape: AdapterShape, recipe: RoundRecipe, global_step: int) -> float:
+    """`round_flops` of a device running `recipe` whose step counter is `global_step` (it decides
+    how many router phases fall in the round): the rule the real method and dry mode share."""
+    r = recipe
+    return round_flops(dims, shape, r.batch_size, r.seq_len, r.local_steps, _phases(shape, r, global_step),
+                       r.router_steps)
+
+
+def recipe_round_activation_bytes(dims: ModelDims, shape: AdapterShape, recipe: RoundRecipe, global_step: int) -> float:
+    """`round_activation_bytes` of the same round as `recipe_round_flops`."""
+    r = recipe
+    return round_activation_bytes(dims, shape, r.batch_size, r.seq_len, r.local_steps,
+                                  _phases(shape, r, global_step), r.router_steps)
+
+
+def _phases(shape: AdapterShape, recipe: RoundRecipe, global_step: int) -> int:
+    return router_phases_in_round(global_step, recipe.local_steps, recipe.tau) if shape.has_router else 0
+
+
+def lora_numel(dims: ModelDims, shape: AdapterShape) -> tuple[int, int]:
+    """Elements, over all layers, of `shape`'s attention LoRA and of one of its MLP experts' LoRA
+    (A and B: rank × (in + out) per linear): what payloads and trainable parameters are made of."""
+    attn = dims.n_layers * shape.attn_rank * sum(i + o for i, o in dims.attn_linears)
+    expert = dims.n_layers * shape.mlp_rank * sum(i + o for i, o in (*dims.mlp_up, dims.mlp_down))
+    return attn, expert

@@ -25,9 +25,10 @@ workload for it when `world.memory_policy` is not `ignore` (see simfed/sim/engin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from simfed.learn.adapters import AdapterShape
-from simfed.learn.flops import ModelDims, active_experts
+from simfed.learn.flops import ModelDims, active_experts, lora_numel
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,22 @@ class MemoryNeed:
 SHRINK_STEPS = 16  # memory_policy shrink: halvings of a device's memory figure before it gives up (then: excluded)
 
 
+def shrink_search(memory: Sequence[float], capacity: Sequence[int],
+                  needs: Callable[[list[float]], Sequence[int | None]]) -> list[float]:
+    """memory_policy shrink: the memory figure each device is sized as. `needs(figures)` is each
+    device's training need when sized by `figures` (None: fits); a device whose need exceeds its
+    `capacity` is sized as if it had half the memory, again, until it fits or SHRINK_STEPS halvings
+    are done (the engine then excludes it). The real run (one method set up for all devices) and
+    dry mode (one device's shape at a time) both search with this."""
+    figures = list(memory)
+    for _ in range(SHRINK_STEPS):
+        too_big = [n is not None and n > c for n, c in zip(needs(figures), capacity)]
+        if not any(too_big):
+            break
+        figures = [m / 2 if big else m for m, big in zip(figures, too_big)]
+    return figures
+
+
 def base_params(dims: ModelDims) -> int:
     per_layer = sum(i * o for i, o in dims.attn_linears) + sum(i * o for i, o in dims.mlp_up)
     per_layer += dims.mlp_down[0] * dims.mlp_down[1]
@@ -51,10 +68,9 @@ def base_params(dims: ModelDims) -> int:
 
 
 def trainable_params(dims: ModelDims, shape: AdapterShape) -> int:
-    attn = shape.attn_rank * sum(i + o for i, o in dims.attn_linears)
-    mlp = shape.n_experts * shape.mlp_rank * sum(i + o for i, o in (*dims.mlp_up, dims.mlp_down))
-    router = shape.n_experts * dims.d_model if shape.has_router else 0
-    return dims.n_layers * (attn + mlp + router)
+    attn, expert = lora_numel(dims, shape)
+    router = dims.n_layers * shape.n_experts * dims.d_model if shape.has_router else 0
+    return attn + shape.n_experts * expert + router
 
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

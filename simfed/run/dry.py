@@ -10,12 +10,15 @@ read the LoRA sites' dimensions the same way `AdaptedModel` does. Where the conf
 - `gguf_package` / `pretrained` cards: `~/.cache/simfed/models/<name>/config.json` (written by the
   first real load; `$SIMFED_CACHE` moves it); if absent, the model is loaded once to read it.
 
-A device's adapter shape follows the same budget rule as the real methods (`simfed.learn.budget`),
-so for every device and round: download/upload bytes and FLOPs equal what the method reports
-(tests/run/test_dry.py checks CoMiGS 1GXS and HetLoRA on tiny-gpt2). Supported kinds: comigs,
-hetlora, fedavg, local. What dry mode cannot know, because it depends on training: HetLoRA's
-self-pruning (a dry device keeps its initial rank, so its bytes are those of a run that never
-prunes).
+Every cost comes from the method class's own rules, not a copy of them: the device's shape from
+the one sizing rule (`simfed.learn.matching.device_shape`, with the real run's `shrink_search`),
+the payload from the class (`ShapeCosts.payload_numel`), FLOPs and activation traffic from
+`simfed.learn.flops.recipe_round_flops`, memory from `simfed.learn.memory`. So for every device and
+round, download/upload bytes, FLOPs and memory equal what the real method reports
+(tests/run/test_dry.py checks every dry kind on tiny-gpt2). Supported kinds: those whose class
+declares `ShapeCosts` (`dry_kinds()`: comigs, hetlora, fedavg, local). What dry mode cannot know,
+because it depends on training: HetLoRA's self-pruning (a dry device keeps its initial rank, so
+its bytes are those of a run that never prunes).
 
 Outputs: events.jsonl, trace.json and summary.json as usual (`training_calls` is 0); metrics.csv
 holds one `mean` row per evaluation round (every `eval_every` rounds and the last), with the
@@ -33,23 +36,21 @@ import torch
 from simfed.errors import SimfedError
 from simfed.learn.adapters import AdapterShape
 from simfed.learn.base_model import cache_root, load_base_model
-from simfed.learn.flops import ModelDims, round_activation_bytes, round_flops, router_phases_in_round
+from simfed.learn.flops import ModelDims, recipe_round_activation_bytes, recipe_round_flops
 from simfed.learn.lora import linear_dims
 from simfed.learn.matching import device_shape
-from simfed.learn.memory import DTYPE_BYTES, SHRINK_STEPS, memory_need
+from simfed.learn.memory import DTYPE_BYTES, memory_need, shrink_search
+from simfed.learn.methods.base import ShapeCosts
 from simfed.learn.methods.common import recipe_for
+from simfed.learn.methods.registry import can, kinds_with, method_class
 from simfed.learn.model_card import ModelCard, load_card
 from simfed.learn.spec import MethodSpec, TrainingSpec
 from simfed.run.payload import element_size
 from simfed.run.results import RunDirectory
+from simfed.run.simulate import Stage, finish, method_stats, simulate
 from simfed.sim.accounting import Tally
-from simfed.sim.engine import Engine
-from simfed.sim.events import SimEvent
 from simfed.sim.fleet import DeviceProfile, build_fleet
 from simfed.sim.workload import RoundCost
-
-DRY_KINDS = ("comigs", "hetlora", "fedavg", "local")
-SHARED_EXPERTS = {"1g1s": 1, "1gxs": 1, "2g": 2, "2s": 0}  # CoMiGS: experts the server holds and devices exchange
 
 
 def card_config(card: ModelCard) -> Any:
@@ -94,9 +95,16 @@ def model_dims(card: ModelCard) -> ModelDims:
     )
 
 
+def dry_kinds() -> tuple[str, ...]:
+    """The built-in kinds dry mode supports: those whose class declares `ShapeCosts`."""
+    return kinds_with(ShapeCosts)
+
+
 @dataclass(frozen=True)
 class DryMethod:
-    """One method's costs as a function of a device's budget, from the shapes alone."""
+    """One method's costs as a function of a device's budget, from the shapes alone: the method
+    class's own payload rule (`ShapeCosts.payload_numel`), sizing rule (`device_shape`), FLOPs
+    rule (`recipe_round_flops`) and memory rule, without building the method."""
 
     spec: MethodSpec
     training: TrainingSpec
@@ -105,52 +113,33 @@ class DryMethod:
     weight_bytes: int = 4  # the card's dtype (simfed/learn/memory.py); activations alike (dry mode: no autocast)
 
     def __post_init__(self) -> None:
-        if self.spec.kind not in DRY_KINDS:
-            raise SimfedError(f"method {self.spec.name!r}: dry mode supports {', '.join(DRY_KINDS)}, "
-                              f"not {self.spec.kind!r}")
+        if not can(self.spec.kind, ShapeCosts):
+            raise SimfedError(f"method {self.spec.name!r}: dry mode supports {', '.join(dry_kinds())}, "
+                              f"not {self.spec.kind!r} (its class does not declare ShapeCosts)")
 
     def shape(self, device: DeviceProfile) -> AdapterShape:
         """The device's adapters, by the same rule as the real method's `setup` (and, with
-        memory_policy shrink, the same halving of its memory figure until the training fits)."""
-        memory = float(device.memory_bytes)
-        shape = self._shape_for(memory, device.flops_per_s)
+        memory_policy shrink, the same search for the memory figure at which the training fits)."""
+        memory, speed = float(device.memory_bytes), device.flops_per_s
         if self.memory_policy == "shrink":
-            for _ in range(SHRINK_STEPS):
-                if self.need(shape) <= device.memory_bytes:
-                    break
-                memory /= 2
-                shape = self._shape_for(memory, device.flops_per_s)
-        return shape
+            (memory,) = shrink_search([memory], [device.memory_bytes],
+                                      lambda figures: [self.need(device_shape(self.spec, figures[0], speed))])
+        return device_shape(self.spec, memory, speed)
 
     def need(self, shape: AdapterShape) -> int:
         """Bytes a device needs to train `shape` (simfed/learn/memory.py)."""
         t = self.training
         return memory_need(self.dims, shape, t.batch_size, t.seq_len, self.weight_bytes).total
 
-    def _shape_for(self, memory: float, speed: float) -> AdapterShape:
-        return device_shape(self.spec, memory, speed)  # the methods' own sizing rule
-
     def payload_numel(self, shape: AdapterShape) -> int:
         """Elements of the tensors a device downloads (and uploads: the same for these methods)."""
-        d = self.dims
-        attn = d.n_layers * sum(shape.attn_rank * (i + o) for i, o in d.attn_linears)
-        expert = d.n_layers * sum(shape.mlp_rank * (i + o) for i, o in (*d.mlp_up, d.mlp_down))
-        kind = self.spec.kind
-        if kind == "local":
-            return 0
-        if kind == "comigs":  # attention LoRA and the shared experts; routers and specialists stay home
-            return attn + min(SHARED_EXPERTS[self.spec.variant], shape.n_experts) * expert
-        return attn + shape.n_experts * expert  # hetlora (at the device's rank), fedavg: every expert, no router
+        return method_class(self.spec.kind).payload_numel(self.spec, self.dims, shape)
 
     def round_flops(self, shape: AdapterShape, global_step: int) -> float:
-        r = recipe_for(self.spec, self.training)
-        phases = router_phases_in_round(global_step, r.local_steps, r.tau) if shape.has_router else 0
-        return round_flops(self.dims, shape, r.batch_size, r.seq_len, r.local_steps, phases, r.router_steps)
+        return recipe_round_flops(self.dims, shape, recipe_for(self.spec, self.training), global_step)
 
     def round_activation_bytes(self, shape: AdapterShape, global_step: int) -> float:
-        r = recipe_for(self.spec, self.training)
-        phases = router_phases_in_round(global_step, r.local_steps, r.tau) if shape.has_router else 0
-        return round_activation_bytes(self.dims, shape, r.batch_size, r.seq_len, r.local_steps, phases, r.router_steps)
+        return recipe_round_activation_bytes(self.dims, shape, recipe_for(self.spec, self.training), global_step)
 
 
 @dataclass
@@ -235,25 +224,14 @@ def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
 
 def _run_dry_seeds(scenario: Any, methods: list[DryMethod], seeds: list[int], run: RunDirectory, view: Any,
                    watchers: list[Any]) -> None:
-    """Every dry method for every seed: the engine with the cost-only workload, same outputs."""
+    """Every dry method for every seed: the one run loop (simfed/run/simulate.py), cost-only workload."""
     for seed in seeds:
         fleet = build_fleet(scenario.world, seed)
         for method in methods:
             name = method.spec.name
+            stage = Stage(scenario, fleet, seed, run, view)
             view.on_method_start(name, seed)
             tally = Tally()
             workload = DryWorkload(method, fleet, scenario, seed, run, tally)
-
-            def record(event: SimEvent, name: str = name) -> None:
-                data = event.to_dict()
-                run.log_event(name, seed, data)
-                view.on_event(name, data)
-
-            engine = Engine(scenario.world, fleet, workload, seed,
-                            observers=[tally, record, *(w.observer(name, seed) for w in watchers)])
-            engine.run()
-            stats = {**tally.as_summary(), "training_calls": 0}
-            if scenario.world.memory_policy != "ignore":
-                stats["memory_excluded"] = len(engine.excluded)
-            run.finish_method(name, seed, stats)
-            view.on_method_done(name)
+            engine = simulate(stage, name, workload, tally, [w.observer(name, seed) for w in watchers])
+            finish(stage, name, method_stats(stage, tally, engine, {"training_calls": 0}))

@@ -28,7 +28,7 @@ from simfed.errors import SimfedError
 from simfed.learn.adapters import AdaptedModel
 from simfed.learn.device import load_adapted_model
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
-from simfed.learn.memory import SHRINK_STEPS
+from simfed.learn.memory import shrink_search
 from simfed.learn.methods.adapter_method import AdapterMethod
 from simfed.learn.methods.base import Budget, Checkpointable, ClientInfo, Costs, Method
 from simfed.learn.methods.registry import build_method
@@ -56,27 +56,40 @@ from simfed.sim.fleet import DeviceProfile, build_fleet
 
 def setup_method(spec: Any, training: Any, model: AdaptedModel, clients: list[ClientInfo], seed: int,
                  fleet: list[DeviceProfile], memory_policy: str) -> tuple[Method, list[ClientInfo]]:
-    """Build and set up the method; with memory_policy `shrink`, size each device whose training
-    does not fit its RAM as if it had half the memory, again, until it fits or its size stops
-    shrinking (at most SHRINK_STEPS halvings; the engine then excludes it). Returns the method and the clients it was set up with
-    (their budgets as the method saw them)."""
-    method = build_method(spec, training, model)
-    if not isinstance(method, Costs):
-        raise SimfedError(f"method {spec.name!r}: its class does not answer the simulated world's cost "
-                          "questions (derive it from simfed.learn.methods.base.Costs)")
-    method.setup(clients, seed)
-    if memory_policy != "shrink":
-        return method, clients
-    for _ in range(SHRINK_STEPS):
-        needs = {c.client_id: method.memory_need(c.client_id) for c in clients}
-        too_big = {c for c, n in needs.items() if n is not None and n > fleet[c].memory_bytes}
-        if not too_big:
-            break
-        clients = [dataclasses.replace(c, budget=Budget(c.budget.memory_bytes / 2, c.budget.flops_per_s))
-                   if c.client_id in too_big else c for c in clients]
+    """Build and set up the method; with memory_policy `shrink`, each device whose training does
+    not fit its RAM sized by a smaller memory figure (`shrink_search`, simfed/learn/memory.py; a
+    device that fits no size is excluded by the engine). Returns the method and the clients it was
+    set up with (their budgets as the method saw them)."""
+
+    def built(sized: list[ClientInfo]) -> Method:
         method = build_method(spec, training, model)
-        method.setup(clients, seed)
-    return method, clients  # devices that still do not fit (even the smallest size): the engine excludes them
+        if not isinstance(method, Costs):
+            raise SimfedError(f"method {spec.name!r}: its class does not answer the simulated world's cost "
+                              "questions (derive it from simfed.learn.methods.base.Costs)")
+        method.setup(sized, seed)
+        return method
+
+    if memory_policy != "shrink":
+        return built(clients), clients
+    last: dict[str, Any] = {}
+
+    def needs(figures: list[float]) -> list[int | None]:  # the method set up at `figures`, kept for the end
+        sized = with_memory(clients, figures)
+        last["figures"], last["method"] = list(figures), (method := built(sized))
+        return [method.memory_need(c.client_id) for c in sized]
+
+    figures = shrink_search([c.budget.memory_bytes for c in clients], [fleet[c.client_id].memory_bytes for c in clients],
+                            needs)
+    sized = with_memory(clients, figures)
+    if figures != last["figures"]:  # the last halving was never set up (the search gave up)
+        return built(sized), sized
+    return last["method"], sized
+
+
+def with_memory(clients: list[ClientInfo], figures: list[float]) -> list[ClientInfo]:
+    """`clients` with these memory figures in their budgets (the same entries where unchanged)."""
+    return [c if m == c.budget.memory_bytes else dataclasses.replace(c, budget=Budget(m, c.budget.flops_per_s))
+            for c, m in zip(clients, figures)]
 
 
 def evaluate_pretrained(model: AdaptedModel, users: list[UserData], seq_len: int, n_windows: int) -> Evaluation:

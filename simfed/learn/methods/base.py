@@ -3,7 +3,7 @@
 A method is plain torch code with five verbs (DESIGN.md): setup, download, local_update,
 aggregate, evaluate. What else the run glue may ask of it is a protocol the class declares by
 deriving from it: `Costs` (bytes, FLOPs and memory of a round before any training: every method
-the runner drives has it), `Checkpointable` (resume), `Replicable` (remote executors) and
+the runner drives has it), `ShapeCosts` (those costs from the shapes alone: dry mode), `Checkpointable` (resume), `Replicable` (remote executors) and
 `MergesAsync` (FedBuff/FedAsync). Methods over an `AdapterFederation` get all the delegating
 defaults from `simfed.learn.methods.adapter_method.AdapterMethod`.
 """
@@ -16,6 +16,8 @@ from typing import ClassVar, Literal
 import torch
 
 from simfed.data.federated import UserData
+from simfed.learn.adapters import AdapterShape
+from simfed.learn.flops import ModelDims
 from simfed.learn.spec import MethodSpec
 
 
@@ -145,6 +147,20 @@ class NoDeviceCosts(Costs):
 
     def round_flops(self, client: int) -> float:
         return 0.0
+
+
+class ShapeCosts(ABC):
+    """A method whose payload follows from a device's adapter shape (`simfed.learn.matching.
+    device_shape`) and the model's dimensions alone, with FLOPs and memory by the adapter rules
+    (`simfed.learn.flops.recipe_round_flops`, `simfed.learn.memory.memory_need`). Dry mode
+    (simfed/run/dry.py) answers the costs of exactly the kinds that declare it, without building
+    the method; tests/run/test_dry.py holds every such kind's answers equal to the real method's."""
+
+    @classmethod
+    @abstractmethod
+    def payload_numel(cls, spec: MethodSpec, dims: ModelDims, shape: AdapterShape) -> int:
+        """Elements of the tensors a device of `shape` downloads, and uploads (the same count;
+        HetLoRA: before any self-pruning, which dry mode cannot know)."""
 
 
 class MergesAsync(ABC):

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.flops import ModelDims, lora_numel
 from simfed.learn.matching import device_shape
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import ClientInfo, LocalPlan, MergesAsync, Update
+from simfed.learn.methods.base import ClientInfo, LocalPlan, MergesAsync, ShapeCosts, Update
 from simfed.learn.methods.common import expert_index, is_attention
 from simfed.learn.methods.federation import AdapterFederation
 from simfed.learn.spec import CoMiGSSpec, TrainingSpec
@@ -36,11 +37,15 @@ def favour_generalist(fed: AdapterFederation, client: int, lb_form: str, importa
             bank.lb_coeff.copy_(generalist_coefficients(bank.n_experts, importance))
 
 
-class CoMiGS(AdapterMethod, MergesAsync):
+# generalists per variant: experts 0 … n-1 of a device are shared through the server (2G: both of its 2)
+SHARED_EXPERTS = {"1g1s": 1, "1gxs": 1, "2g": 2, "2s": 0}
+
+
+class CoMiGS(AdapterMethod, MergesAsync, ShapeCosts):
     spec_type = CoMiGSSpec
 
     def __init__(self, spec: CoMiGSSpec, training: TrainingSpec, model: AdaptedModel) -> None:
-        shared_experts = {"1g1s": {0}, "1gxs": {0}, "2g": None, "2s": set()}[spec.variant]
+        generalists = SHARED_EXPERTS[spec.variant]
 
         def shared(name: str) -> bool:
             if is_attention(name):
@@ -48,9 +53,15 @@ class CoMiGS(AdapterMethod, MergesAsync):
             e = expert_index(name)
             if e is None:  # routers
                 return False
-            return shared_experts is None or e in shared_experts
+            return e < generalists
 
         super().__init__(spec, training, model, shared)
+
+    @classmethod
+    def payload_numel(cls, spec: CoMiGSSpec, dims: ModelDims, shape: AdapterShape) -> int:
+        """Attention LoRA and the generalists; specialists and the router stay on the device."""
+        attn, expert = lora_numel(dims, shape)
+        return attn + min(SHARED_EXPERTS[spec.variant], shape.n_experts) * expert
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
         s = self.spec

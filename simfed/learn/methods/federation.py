@@ -16,7 +16,7 @@ import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape, DeviceAdapters, copy_into
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
-from simfed.learn.flops import ModelDims, round_activation_bytes, round_flops, router_phases_in_round
+from simfed.learn.flops import ModelDims, recipe_round_activation_bytes, recipe_round_flops
 from simfed.learn.local_update import ClientState, Recipe, batch_rng, new_client_state, train_locally
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Split, Update
 from simfed.learn.store import ClientStore, pack_client_state, pack_states, unpack_client_state, unpack_states
@@ -180,19 +180,12 @@ class AdapterFederation:
             return
         self.store.put(client, unpack_client_state(self.store.fresh(client), *packed))
 
-    def _router_phases(self, client: int) -> int:
+    def _step(self, client: int) -> int:
         state = self.store.peek(client)
-        step = state.global_step if state is not None else 0
-        if not self.shapes[client].has_router:
-            return 0
-        return router_phases_in_round(step, self.recipe.local_steps, self.recipe.tau)
+        return state.global_step if state is not None else 0
 
     def round_flops(self, client: int) -> float:
-        r = self.recipe
-        return round_flops(self.dims, self.shapes[client], r.batch_size, r.seq_len, r.local_steps,
-                           self._router_phases(client), r.router_steps)
+        return recipe_round_flops(self.dims, self.shapes[client], self.recipe, self._step(client))
 
     def round_activation_bytes(self, client: int) -> float:
-        r = self.recipe
-        return round_activation_bytes(self.dims, self.shapes[client], r.batch_size, r.seq_len, r.local_steps,
-                                      self._router_phases(client), r.router_steps)
+        return recipe_round_activation_bytes(self.dims, self.shapes[client], self.recipe, self._step(client))

@@ -22,10 +22,11 @@ from simfed.learn.aggregate import (
     buffered_merge, deltas, hetlora_aggregate, hetlora_buffered_merge, lora_modules, tail_norm, tail_start,
     truncate_rank, weighted_mean, zero_pad_rank,
 )
+from simfed.learn.flops import ModelDims, lora_numel
 from simfed.learn.matching import device_shape
 from simfed.learn.lora import StackedLoRA
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import ClientInfo, LocalPlan, MergesAsync, Update
+from simfed.learn.methods.base import ClientInfo, LocalPlan, MergesAsync, ShapeCosts, Update
 from simfed.learn.spec import HetLoRASpec, TrainingSpec
 from simfed.learn.store import pack_states, unpack_states
 
@@ -92,7 +93,7 @@ def prune_decisions(
     return new
 
 
-class HetLoRA(AdapterMethod, MergesAsync):
+class HetLoRA(AdapterMethod, MergesAsync, ShapeCosts):
     spec_type = HetLoRASpec
 
     def __init__(self, spec: HetLoRASpec, training: TrainingSpec, model: AdaptedModel) -> None:
@@ -101,6 +102,12 @@ class HetLoRA(AdapterMethod, MergesAsync):
         self.initial_ranks: dict[int, int] = {}
         self.max_rank = 0
         self._received: dict[int, State] = {}
+
+    @classmethod
+    def payload_numel(cls, spec: HetLoRASpec, dims: ModelDims, shape: AdapterShape) -> int:
+        """Attention LoRA and the MLP LoRA at the device's (initial) rank."""
+        attn, expert = lora_numel(dims, shape)
+        return attn + shape.n_experts * expert
 
     def setup(self, clients: list[ClientInfo], seed: int) -> None:
         s = self.spec

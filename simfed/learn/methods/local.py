@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import torch
 
-from simfed.learn.adapters import AdaptedModel
+from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.flops import ModelDims
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import Update
+from simfed.learn.methods.base import ShapeCosts, Update
 from simfed.learn.spec import LocalSpec, TrainingSpec
 
 
-class Local(AdapterMethod):
+class Local(AdapterMethod, ShapeCosts):
     spec_type = LocalSpec
 
     def __init__(self, spec: LocalSpec, training: TrainingSpec, model: AdaptedModel) -> None:
@@ -26,3 +27,7 @@ class Local(AdapterMethod):
 
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
         return {}
+
+    @classmethod
+    def payload_numel(cls, spec: LocalSpec, dims: ModelDims, shape: AdapterShape) -> int:
+        return 0
