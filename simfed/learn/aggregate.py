@@ -25,6 +25,22 @@ def weighted_mean(states: list[State], weights: list[float] | None = None) -> St
     }
 
 
+def mean_of_carriers(server: State, uploads: list[State], weights: list[float]) -> State:
+    """Σ_i w_i · upload_i / Σ_i w_i per server tensor, over the uploads that carry it (FedAvg and
+    the methods whose devices share different subsets); tensors no upload carries are left out of
+    the result (the server keeps them). float64 with Python-float weights w_i / Σ w (summed in
+    order), cast back to the server tensor's dtype: the arithmetic of the runs already recorded,
+    which `weighted_mean`'s torch-summed weights could change in the last bit."""
+    merged: State = {}
+    for name, current in server.items():
+        carriers = [(up[name], w) for up, w in zip(uploads, weights) if name in up]
+        if not carriers:
+            continue
+        total = sum(w for _, w in carriers)
+        merged[name] = sum((w / total) * t.double() for t, w in carriers).to(current.dtype)
+    return merged
+
+
 def deltas(uploads: list[State], bases: list[State]) -> list[State]:
     """Δ_i = upload_i − base_i per tensor of the upload (base_i: what device i downloaded), float64."""
     return [{n: t.double() - base[n].double() for n, t in up.items()} for up, base in zip(uploads, bases)]

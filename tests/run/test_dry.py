@@ -55,6 +55,16 @@ def test_the_dry_kinds_are_the_classes_that_declare_shape_costs():
     assert set(dry_kinds()) == {"comigs", "hetlora", "fedavg", "local"} == set(DRY_SPECS)
 
 
+def test_a_kind_whose_class_has_no_shape_costs_is_refused_in_one_line():
+    from simfed.errors import SimfedError
+
+    dims = ModelDims(n_layers=1, d_model=4, d_attn=4, vocab=10, attn_linears=((4, 4),), mlp_up=((4, 8),), mlp_down=(8, 4))
+    with pytest.raises(SimfedError) as info:
+        DryMethod(method_spec(name="p", kind="pcl"), TRAINING, dims)
+    assert str(info.value) == ("method 'p': dry mode supports comigs, hetlora, fedavg, local, not 'pcl' "
+                               "(its class does not declare ShapeCosts)")
+
+
 @pytest.mark.parametrize("kind", sorted(DRY_SPECS))
 def test_dry_costs_equal_the_real_method(tiny, kind):
     """Bytes down/up, FLOPs, activation traffic and memory of every device, as the real method sets it up."""

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape, DeviceAdapters, copy_into
+from simfed.learn.aggregate import mean_of_carriers
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
 from simfed.learn.flops import ModelDims, recipe_round_activation_bytes, recipe_round_flops
 from simfed.learn.local_update import ClientState, Recipe, batch_rng, new_client_state, train_locally
@@ -117,13 +118,7 @@ class AdapterFederation:
 
     def mean_into_server(self, updates: list[Update], weights: list[float]) -> None:
         """Server tensor ← weighted mean over the updates that carry it (others keep their value)."""
-        for name in self.server:
-            carriers = [(u.upload[name], w) for u, w in zip(updates, weights) if name in u.upload]
-            if not carriers:
-                continue
-            total = sum(w for _, w in carriers)
-            merged = sum((w / total) * t.double() for t, w in carriers)
-            self.server[name] = merged.to(self.server[name].dtype)
+        self.server.update(mean_of_carriers(self.server, [u.upload for u in updates], weights))  # simfed/learn/aggregate.py
 
     def train_size(self, client: int) -> int:
         """Tokens in the client's training split: its n_i in data-size weighting (FlexLoRA, and
