@@ -62,6 +62,10 @@ def test_dry_costs_equal_the_real_method(tiny, spec):
             assert cost.download_bytes == shapes_bytes(method.download_shapes(d), "bfloat16")
             assert cost.upload_bytes == shapes_bytes(method.upload_shapes(d), "bfloat16")
             assert cost.flops == method.round_flops(d)
+    # the server's merge: a mean of the server's tensors over the merged updates, the same count
+    everyone = list(range(len(fleet)))
+    for merged in (everyone[:1], everyone[:3], everyone):
+        assert dry.aggregation_flops(merged) == method.aggregation_flops(merged) > 0
 
 
 class _Scenario:
