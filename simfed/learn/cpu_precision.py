@@ -13,7 +13,8 @@ such a CPU small matmuls lose to the casts around them. So `auto` keeps fp32 unl
 
 The answer is measured once and cached per host, torch build, model and step shape in
 `$SIMFED_CACHE/cpu_precision.json`, so every later run (and a resume) on this host trains in the
-same precision; the run's `summary.json` environment records the choice and why.
+same precision; the run's `summary.json` environment records the choice and why. A measurement
+taken while other work loads the CPU can be wrong: delete that file to measure again.
 """
 from __future__ import annotations
 
