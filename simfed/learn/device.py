@@ -9,6 +9,7 @@ import torch
 
 from simfed.learn.adapters import AdaptedModel
 from simfed.learn.base_model import load_base_model
+from simfed.learn.cpu_precision import PrecisionChoice, choose_cpu_precision
 from simfed.learn.model_card import ModelCard
 
 
@@ -35,3 +36,14 @@ def load_adapted_model(card: ModelCard, device_choice: str, precision: str,
     precision, its mixtures run as `expert_compute` says (simfed/learn/lora.py MixtureMLP)."""
     device = pick_device(device_choice)
     return AdaptedModel(load_base_model(card, device), autocast_dtype(precision, device), expert_compute)
+
+
+def settle_cpu_precision(model: AdaptedModel, training) -> PrecisionChoice | None:
+    """Under `precision: auto` on a CPU, set `model`'s autocast to what this host runs faster
+    (simfed/learn/cpu_precision.py) and say what was chosen and why; None when nothing was open
+    to choose (a GPU, or a precision the scenario names)."""
+    if training.precision != "auto" or model.device.type != "cpu":
+        return None
+    choice = choose_cpu_precision(model, training.batch_size, training.seq_len)
+    model.autocast = torch.bfloat16 if choice.precision == "bfloat16" else None
+    return choice

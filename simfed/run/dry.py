@@ -40,6 +40,7 @@ from simfed.learn.flops import ModelDims, recipe_round_activation_bytes, recipe_
 from simfed.learn.lora import linear_dims
 from simfed.learn.matching import device_shape
 from simfed.learn.memory import DTYPE_BYTES, memory_need, shrink_search
+from simfed.learn.merge_flops import mean_flops
 from simfed.learn.methods.base import ShapeCosts
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.registry import can, kinds_with, method_class
@@ -154,6 +155,7 @@ class DryWorkload:
     tally: Tally
     steps: dict[int, int] = field(default_factory=dict)  # device -> expert steps it has run (router phases)
     training_calls: int = 0  # always 0: dry mode never trains
+    _server_numel: int | None = field(default=None, repr=False)  # elements of the server's tensors, found once
 
     def __post_init__(self) -> None:
         size = element_size(self.scenario.training.payload_dtype)
@@ -177,6 +179,14 @@ class DryWorkload:
     def memory_need(self, device: int) -> int:
         """Bytes the device needs to train its shape (simfed/learn/memory.py)."""
         return self.method.need(self._shape(self.fleet[device]))
+
+    def aggregation_flops(self, devices: list[int]) -> float:
+        """A weighted mean of the server's tensors over the merged updates, as the real methods of
+        DRY_KINDS count it (simfed/learn/merge_flops.py): the server holds the largest payload of the
+        fleet (HetLoRA: the highest rank, to which every update is padded)."""
+        if self._server_numel is None:
+            self._server_numel = max(self.method.payload_numel(self._shape(p)) for p in self.fleet)
+        return mean_flops(len(devices), self._server_numel)
 
     def on_download(self, device: int, round_index: int) -> None:
         pass

@@ -48,6 +48,9 @@ class Replay:
     def memory_need(self, device: int) -> int | None:
         return self.live.memory_need(device)  # the method's, set up as in the interrupted run
 
+    def aggregation_flops(self, devices: list[int]) -> float:
+        return self.live.aggregation_flops(devices)  # from the shapes set up as in the interrupted run
+
     def on_download(self, device: int, round_index: int) -> None:
         pass
 
@@ -102,6 +105,9 @@ class Handover:
 
     def memory_need(self, device: int) -> int | None:
         return self.now.memory_need(device)
+
+    def aggregation_flops(self, devices: list[int]) -> float:
+        return self.now.aggregation_flops(devices)
 
     def on_download(self, device: int, round_index: int) -> None:
         self.now.on_download(device, round_index)

@@ -18,7 +18,7 @@ from simfed.sim.profiles import load_links, load_tiers
 # Tally fields that a faithful replay reproduces exactly (the live-view ones are left out)
 REPLAYED = ("sim_time_s", "rounds", "updates_aggregated", "bytes_down", "bytes_up", "energy_j", "flops",
             "compute_s", "dropouts", "stragglers", "stale", "diverged", "wasted_bytes", "wasted_compute_s",
-            "wasted_energy_j")
+            "wasted_energy_j", "server_flops", "server_compute_s")
 
 
 def _digest(text: str | bytes) -> str:

@@ -26,7 +26,7 @@ from simfed.data.federated import UserData, build_federation
 from simfed.data.partition_record import write_partition
 from simfed.errors import SimfedError
 from simfed.learn.adapters import AdaptedModel
-from simfed.learn.device import load_adapted_model
+from simfed.learn.device import load_adapted_model, settle_cpu_precision
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
 from simfed.learn.memory import shrink_search
 from simfed.learn.methods.adapter_method import AdapterMethod
@@ -147,10 +147,15 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
     card = load_card(scenario.model)
     training = scenario.training
     model = load_adapted_model(card, training.device, training.precision, training.expert_compute)
+    choice = settle_cpu_precision(model, training)  # auto on a CPU: bf16 only where measured faster
+    if choice is not None:
+        training = training.model_copy(update={"precision": choice.precision})  # Ray replicas alike
     checkpoints = (Checkpoints.start(RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds))
                    if resume is None else Checkpoints.reopen(resume, seeds))
     run = checkpoints.run
     run.environment = run_environment(model.device, model.autocast)  # into summary.json (simfed/run/environment.py)
+    if choice is not None:
+        run.environment["precision_choice"] = choice.reason
     run.write_summary()
     view = with_loggers(view, scenario.output.loggers, run.path)  # output.loggers beside the live view
     executor = make_executor(scenario.executor, card, training)

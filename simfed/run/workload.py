@@ -176,6 +176,11 @@ class MethodWorkload:
     def memory_need(self, device: int) -> int | None:
         return self.method.memory_need(device)
 
+    def aggregation_flops(self, devices: list[int]) -> float:
+        """The server's merge FLOPs (simfed/learn/merge_flops.py): from the shapes set up at the
+        start, so the same when replayed."""
+        return self.method.aggregation_flops(devices)
+
     def on_download(self, device: int, round_index: int) -> None:
         self.run_jobs(device)
         self.pending[device] = travel(self.method.download(device), self.dtype)

@@ -27,6 +27,8 @@ class Tally:
     energy_j: float = 0.0  # joules, all devices
     flops: float = 0.0  # FLOPs executed, including cut work
     compute_s: float = 0.0  # device compute seconds, including cut work
+    server_flops: float = 0.0  # the server's merge FLOPs (server.flops_per_s)
+    server_compute_s: float = 0.0  # the server's merge seconds
     rounds: int = 0  # rounds closed and merged (abandoned ones not counted)
     abandoned_rounds: int = 0  # sync rounds closed with fewer than server.min_reports reports
     updates_aggregated: int = 0  # updates the server merged
@@ -77,6 +79,8 @@ class Tally:
             self._waste(event)
         elif kind == "aggregated":
             self.updates_aggregated += event.count
+            self.server_flops += event.flops or 0.0
+            self.server_compute_s += event.seconds or 0.0
             self.round_open = False
         elif kind == "round_end" and event.reason == "abandoned":
             self.abandoned_rounds += 1
@@ -125,6 +129,7 @@ class Tally:
             "updates_aggregated": self.updates_aggregated,
             "bytes_down": self.bytes_down, "bytes_up": self.bytes_up, "energy_j": self.energy_j,
             "flops": self.flops, "compute_s": self.compute_s,
+            "server_flops": self.server_flops, "server_compute_s": self.server_compute_s,
             "dropouts": self.dropouts, "stragglers": self.stragglers, "stale": self.stale,
             "diverged": self.diverged, "diverged_updates": [list(u) for u in self.diverged_updates],
             "late_refused": self.late_refused, "recovery_s": self.recovery_s, "slot_held_s": self.slot_held_s,

@@ -39,7 +39,10 @@ The resource totals can be recomputed from the stream alone; each unit is carrie
                             `aggregated` event that follows; its bytes and energy were spent
                             (counted by its *_end events), wasted_* = that round's spend -> wasted
     aggregated      -       devices (sorted ids whose update the server merges), count;
-                            async also: stalenesses and weights (1/sqrt(1+s)), in the order of devices
+                            async also: stalenesses and weights (1/sqrt(1+s)), in the order of devices;
+                            when the merge takes time (server.flops_per_s): flops, seconds, and
+                            the event comes when the merge ends (t = the round's close + seconds)
+                                                                              -> server compute
     round_end       -       reason (target|deadline|abandoned; async: buffer), aggregated, selected,
                             duration_s; abandoned (fewer than server.min_reports reports): count =
                             the reports it had, nothing merged, no aggregated event

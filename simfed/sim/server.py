@@ -127,6 +127,17 @@ def screened(workload: Workload, devices: Devices, round_index: int, reports: li
     return [d for d in reports if d not in refused]
 
 
+def merge_cost(workload: Workload, flops_per_s: float, devices: list[int]) -> tuple[float, float]:
+    """(FLOPs, seconds) of the server's merge of `devices`' updates: the workload's
+    `aggregation_flops` (none: a server with nothing to compute) over `server.flops_per_s`
+    (0: instantaneous merges, the old model)."""
+    count = getattr(workload, "aggregation_flops", None)
+    if count is None or not devices or flops_per_s <= 0:
+        return 0.0, 0.0
+    flops = float(count(list(devices)))
+    return flops, flops / flops_per_s
+
+
 def server(env: simpy.Environment, world: WorldSpec, devices: Devices, doorbell: Doorbell,
            workload: Workload, seed: int, emit: Emit):
     """Run `world.server.rounds` synchronous rounds."""
@@ -161,7 +172,11 @@ def server(env: simpy.Environment, world: WorldSpec, devices: Devices, doorbell:
             workload.on_round_end(r, env.now)
             continue
         merged = screened(workload, devices, r, sorted(rnd.reports), env.now, emit)
-        emit(SimEvent(env.now, "aggregated", r, devices=tuple(merged), count=len(merged)))
+        flops, seconds = merge_cost(workload, spec.flops_per_s, merged)
+        if seconds > 0:  # the merge itself: the next round's downloads wait for its result
+            yield env.timeout(seconds)
+        emit(SimEvent(env.now, "aggregated", r, devices=tuple(merged), count=len(merged),
+                      flops=flops if seconds > 0 else None, seconds=seconds if seconds > 0 else None))
         workload.on_aggregate(r, merged)
         emit(SimEvent(env.now, "round_end", r, reason="target" if rnd.quorum_reached.triggered else "deadline",
                       aggregated=len(merged), selected=len(chosen), duration_s=env.now - rnd.started_at))
@@ -174,37 +189,71 @@ def staleness_weight(staleness: int) -> float:
 
 
 class Buffer:
-    """The asynchronous server's state: the current model version and the updates waiting."""
+    """The asynchronous server's state: the current model version and the updates waiting.
 
-    def __init__(self, env: simpy.Environment, spec, workload: Workload, emit: Emit, devices: Devices | None = None):
+    A full buffer is merged at once, or, when the merge takes time (server.flops_per_s), it is set
+    aside and merged that long later, one merge after the other; the version goes up when a merge
+    ends, and arrivals meanwhile fill the next buffer (their staleness counts the versions
+    published by then)."""
+
+    def __init__(self, env: simpy.Environment, spec, workload: Workload, emit: Emit, devices: Devices | None = None,
+                 doorbell: Doorbell | None = None):
         self.env, self.spec, self.workload, self.emit = env, spec, workload, emit
         self.devices = devices
+        self.doorbell = doorbell  # rung when a merge set aside ends: a new version, its devices free again
         self.version = 0  # the current model version; it rises by one at every aggregation
         self.waiting: list[tuple[int, int]] = []  # (device, staleness) in arrival order
+        self.merging: list[list[tuple[int, int]]] = []  # full buffers set aside for a merge under way
+        self.busy_until = env.now  # when the server's merges set aside so far end
         self.selected = 0  # devices picked while the current version was current
         self.version_started = env.now
         self.done = env.event()  # fires when `spec.rounds` aggregations are done
 
+    def held(self) -> list[int]:
+        """Devices whose update waits for a merge: not picked again meanwhile."""
+        return [d for batch in (self.waiting, *self.merging) for d, _ in batch]
+
     def arrive(self, device: int, downloaded: int) -> bool:
+        if self.version + len(self.merging) >= self.spec.rounds:  # the last merge is under way
+            return True
         staleness = self.version - downloaded
         if self.spec.max_staleness is not None and staleness > self.spec.max_staleness:
             return False
         self.waiting.append((device, staleness))
         if len(self.waiting) == self.spec.buffer:
-            self.aggregate()
+            self.close_buffer()
         return True
 
-    def aggregate(self) -> None:
-        k, now = self.version, self.env.now
+    def close_buffer(self) -> None:
+        """The buffer is full: screen it and merge it, now or once the server has computed the merge."""
+        k, now = self.version + len(self.merging), self.env.now
         merged = sorted(self.waiting)
+        self.waiting = []
         if self.devices is not None:
             kept = set(screened(self.workload, self.devices, k, [d for d, _ in merged], now, self.emit))
             merged = [(d, s) for d, s in merged if d in kept]
+        flops, seconds = merge_cost(self.workload, self.spec.flops_per_s, [d for d, _ in merged])
+        if seconds <= 0:
+            self.aggregate(merged)
+            return
+        self.merging.append(merged)
+        self.busy_until = max(now, self.busy_until) + seconds
+        self.env.process(self._merge_at(self.busy_until, merged, flops, seconds))
+
+    def _merge_at(self, t: float, merged: list[tuple[int, int]], flops: float, seconds: float):
+        yield self.env.timeout(t - self.env.now)
+        self.merging.pop(0)
+        self.aggregate(merged, flops, seconds)
+        if self.doorbell is not None:
+            self.doorbell.ring()
+
+    def aggregate(self, merged: list[tuple[int, int]], flops: float = 0.0, seconds: float = 0.0) -> None:
+        k, now = self.version, self.env.now
         devices = [d for d, _ in merged]
         weights = [staleness_weight(s) for _, s in merged]
-        self.waiting = []
         self.emit(SimEvent(now, "aggregated", k, devices=tuple(devices), count=len(devices), weights=tuple(weights),
-                           stalenesses=tuple(s for _, s in merged)))
+                           stalenesses=tuple(s for _, s in merged),
+                           flops=flops if seconds > 0 else None, seconds=seconds if seconds > 0 else None))
         self.workload.on_aggregate(k, devices, weights)
         self.emit(SimEvent(now, "round_end", k, reason="buffer", aggregated=len(devices), selected=self.selected,
                            duration_s=now - self.version_started))
@@ -238,7 +287,7 @@ def async_server(env: simpy.Environment, world: WorldSpec, devices: Devices, doo
                  workload: Workload, seed: int, emit: Emit):
     """Run `world.server.rounds` buffered asynchronous aggregations (FedBuff; FedAsync when K = 1)."""
     spec = world.server
-    buffer = Buffer(env, spec, workload, emit, devices)
+    buffer = Buffer(env, spec, workload, emit, devices, doorbell)
     jobs: dict[int, int] = {}  # participations so far, per device that has had any: keys its random draws
     picks = 0  # devices picked so far: keys the selection stream
     announced = -1
@@ -251,7 +300,7 @@ def async_server(env: simpy.Environment, world: WorldSpec, devices: Devices, doo
                           eligible=int(np.count_nonzero(ready))))
         free = spec.concurrency - devices.busy_count
         if free > 0:
-            for d, _ in buffer.waiting:  # an update waiting to be merged: not picked again meanwhile
+            for d in buffer.held():  # an update waiting to be merged: not picked again meanwhile
                 ready[d] = False
             for d in choose(ready, free, seed, picks) if ready.any() else []:
                 picks += 1

@@ -217,6 +217,14 @@ class ServerSpec(_Strict):
     # servers time out clients; Nguyen et al. 2022 do not give a value): its concurrency slot stays
     # taken until then. None = learns at the moment of the cut (the old model)
     client_timeout_s: float | None = Field(None, gt=0)
+    # the server's compute speed for merging updates, float64 FLOP/s: a merge takes the method's
+    # merge FLOPs (simfed/learn/merge_flops.py) over this, and the next round (async: the next model
+    # version) waits for it. Default 1e11 [A]: a few server cores' effective float64 LAPACK rate (one
+    # AVX-512 core peaks at 2 FMA units x 8 doubles x 2 x 3 GHz = 96 GFLOP/s; QR and SVD run well below
+    # peak; bench/merge_cost.py measures this host's effective rate on FlexLoRA's merge). A weighted mean
+    # of a SmolLM2 CoMiGS payload (2.4 M elements) over 10 devices is 4.9e7 FLOPs (0.5 ms); FlexLoRA's SVD over 10 devices
+    # of rank 16-32 is 6.7e10 (0.7 s), over 100 such devices 2.3e12 (23 s). 0 = instantaneous merges (the old model)
+    flops_per_s: float = Field(1e11, ge=0)
 
     @property
     def buffer(self) -> int:

@@ -89,6 +89,11 @@ def test_dry_costs_equal_the_real_method(tiny, kind):
             assert cost.flops == method.round_flops(d) > 0
             assert cost.activation_bytes == method.round_activation_bytes(d) > 0
             assert dry.memory_need(d) == method.memory_need(d)
+    # the server's merge: a mean of the server's tensors over the merged updates, the same count
+    everyone = list(range(len(fleet)))
+    for merged in (everyone[:1], everyone[:3], everyone):
+        flops = dry.aggregation_flops(merged)
+        assert flops == method.aggregation_flops(merged) and (flops > 0) == (kind != "local")
 
 
 class _Scenario:

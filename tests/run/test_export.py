@@ -221,7 +221,7 @@ SMALL = """
 name: export_{tag}
 model: {model}
 data: {{users: [toy:a, toy:b], train_tokens: {train}, val_tokens: 600, test_tokens: 600, cache_dir: {cache}}}
-training: {{local_steps: 2, batch_size: 2, seq_len: 32, eval_windows: 3, lr: 1.0e-2}}
+training: {{local_steps: 2, batch_size: 2, seq_len: 32, eval_windows: 3, lr: 1.0e-2, precision: float32}}  # the exports load in fp32
 methods:
   - {{name: fedavg, kind: fedavg, rank: 4, match: none}}  # one LoRA: a PEFT adapter (the matched pair is a mixture)
   - {{name: hetlora, kind: hetlora, rank: 2, min_rank: 2, max_rank: 8}}

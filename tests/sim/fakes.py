@@ -56,7 +56,7 @@ def plain_device(device_id: int, flops_per_s: float = 1e9) -> DeviceProfile:
 # option sets it over these.
 LEGACY_WORLD = {"energy_model": "per_unit", "link_spread_correlation": 1.0, "waste": "legacy",
                 "dropout": {"recovery": "none"}}
-LEGACY_SERVER = {"late_reports": "upload", "min_reports": 0}
+LEGACY_SERVER = {"late_reports": "upload", "min_reports": 0, "flops_per_s": 0.0}
 
 
 def legacy(spec: dict) -> dict:

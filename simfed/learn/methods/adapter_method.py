@@ -18,6 +18,7 @@ from simfed.learn.aggregate import buffered_merge, deltas
 from simfed.learn.local_update import Recipe
 from simfed.learn.matching import describe_lora, device_shape
 from simfed.learn.memory import DTYPE_BYTES, memory_need
+from simfed.learn.merge_flops import mean_flops
 from simfed.learn.methods.base import (
     Checkpointable, ClientInfo, Costs, EvalResult, LocalPlan, Method, Replicable, Split, Update,
 )
@@ -74,6 +75,11 @@ class AdapterMethod(Method, Costs, Checkpointable, Replicable):
 
     def round_activation_bytes(self, client: int) -> float:
         return self.fed.round_activation_bytes(client)
+
+    def aggregation_flops(self, clients: list[int]) -> float:
+        """A weighted mean of the server's shared tensors over the merged updates (HetLoRA's
+        zero-padded ranks included: each update is padded to the server's shape, then averaged)."""
+        return mean_flops(len(clients), sum(t.numel() for t in self.fed.server.values()))
 
     def memory_need(self, client: int) -> int | None:
         """Bytes to train the client's adapter shape: the frozen base as the card stores it,

@@ -134,6 +134,12 @@ class Costs(ABC):
         state, taken as fitting (the engine's memory policy never excludes it)."""
         return None
 
+    def aggregation_flops(self, clients: list[int]) -> float:
+        """FLOPs of the server's merge of `clients`' updates (simfed/learn/merge_flops.py), from the
+        shapes set up at the start, so that a replay and a dry run answer as the live run; 0 = a
+        server with nothing to compute."""
+        return 0.0
+
 
 class NoDeviceCosts(Costs):
     """The costs of a method whose devices move no bytes and compute nothing (Pretrained; Centralized,

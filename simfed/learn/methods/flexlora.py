@@ -17,8 +17,9 @@ from __future__ import annotations
 import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape
-from simfed.learn.aggregate import flexlora_aggregate, flexlora_redistribute, weighted_mean
+from simfed.learn.aggregate import flexlora_aggregate, flexlora_redistribute, lora_modules, weighted_mean
 from simfed.learn.matching import device_shape
+from simfed.learn.merge_flops import flexlora_merge_flops
 from simfed.learn.lora import rslora_scale
 from simfed.learn.methods.adapter_method import AdapterMethod
 from simfed.learn.methods.base import ClientInfo, LocalPlan, Update
@@ -74,6 +75,13 @@ class FlexLoRA(AdapterMethod):
 
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
         return truncated_shapes(self.fed.server, self.ranks[client])
+
+    def aggregation_flops(self, clients: list[int]) -> float:
+        """The factored SVD of every MLP module at k = Σ r_i, attention a mean (simfed/learn/merge_flops.py)."""
+        mlp = mlp_part(self.fed.server)
+        modules = [tuple(mlp[f"{m}.lora_B"].shape[:1]) + tuple(mlp[f"{m}.lora_A"].shape[1:]) for m in lora_modules(mlp)]
+        attention = sum(t.numel() for t in attention_part(self.fed.server).values())
+        return flexlora_merge_flops(modules, [self.ranks[c] for c in clients], attention)
 
     def describe_client(self, client: int) -> str:
         return f"MLP rank {self.ranks[client]}"

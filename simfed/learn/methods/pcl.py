@@ -129,6 +129,10 @@ class PCL(AdapterMethod):
             self.relay = {u.client: u.upload for u in updates if u.upload}
         self.round = round_index + 1
 
+    def aggregation_flops(self, clients: list[int]) -> float:
+        """The server only relays the uploaded models: nothing to compute."""
+        return 0.0
+
     def round_flops(self, client: int) -> float:
         flops = self.fed.round_flops(client)
         n_peers = len(self._peers(client))
