@@ -29,7 +29,9 @@ from simfed.learn.device import load_adapted_model
 from simfed.learn.evaluate import evaluate_windows, evaluation_windows
 from simfed.learn.memory import SHRINK_STEPS
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import Budget, Checkpointable, ClientInfo, Costs, LocalPlan, Method, Update
+from simfed.learn.methods.base import (
+    Budget, Checkpointable, ClientInfo, Costs, LocalPlan, Method, Update, evaluate_in_batches,
+)
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
 from simfed.learn.params import method_setting
@@ -209,7 +211,7 @@ class MethodWorkload:
         rounds = self.scenario.world.server.rounds
         done = round_index + 1
         if done % self.scenario.training.eval_every == 0 or done == rounds:
-            self.log(done, sim_time_s, evaluate_all(self.method, self.n_clients))
+            self.log(done, sim_time_s, evaluate_all(self.method, self.n_clients, self.scenario.executor.batch_devices))
         ModelSaver(self.scenario.output.save_models, self.run.path).on_round_end(self.method, self.seed, self.n_clients, done)
         if self.checkpoint is not None:
             self.checkpoint.save(round_index, self.method, self)
@@ -251,12 +253,10 @@ def setup_method(spec: Any, training: Any, model: AdaptedModel, clients: list[Cl
     return method, clients  # devices that still do not fit (even the smallest size): the engine excludes them
 
 
-def evaluate_all(method: Method, n_clients: int) -> Evaluation:
-    results = {}
-    for c in range(n_clients):
-        r = method.evaluate(c, "test")
-        results[c] = (r.ppl, r.acc, r.ppl_se)
-    return Evaluation(results)
+def evaluate_all(method: Method, n_clients: int, batch_devices: int = 1) -> Evaluation:
+    """Every device's test metrics, `batch_devices` devices a forward where the method allows it."""
+    found = evaluate_in_batches(method, list(range(n_clients)), "test", batch_devices)
+    return Evaluation({c: (r.ppl, r.acc, r.ppl_se) for c, r in enumerate(found)})
 
 
 def evaluate_pretrained(model: AdaptedModel, users: list[UserData], seq_len: int, n_windows: int) -> Evaluation:

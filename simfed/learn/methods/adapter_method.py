@@ -69,6 +69,9 @@ class AdapterMethod(Method, Costs, Checkpointable, Replicable, Batchable):
     def evaluate(self, client: int, split: Split = "test") -> EvalResult:
         return self.fed.evaluate(client, split)
 
+    def evaluate_batch(self, clients: list[int], split: Split = "test") -> list[EvalResult]:
+        return self.fed.evaluate_many(clients, split)
+
     # --- Costs ---------------------------------------------------------------------------------
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:
         return self.fed.shapes_of(client, self.fed.shared_names(client))

@@ -236,6 +236,11 @@ class Batchable(ABC):
     def begin_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> PendingUpdate:
         """Everything of `local_update` before the training, and the rest as `finish`."""
 
+    @abstractmethod
+    def evaluate_batch(self, clients: list[int], split: Split = "test") -> list[EvalResult]:
+        """`evaluate` of several clients with their forwards batched (simfed/learn/evaluate.py
+        `evaluate_many`): equal to one by one up to float rounding."""
+
 
 def run_pending(pending: list[PendingUpdate]) -> list[Update]:
     """Train the pending updates as one batch (they share one model) and finish each, in order."""
@@ -246,17 +251,32 @@ def run_pending(pending: list[PendingUpdate]) -> list[Update]:
     return [p.finish() for p in pending]
 
 
+def _seam_below(method: Method, verb: str, seam: str) -> bool:
+    """Whether `seam` is defined at or below the class that defines `verb` (a subclass that
+    overrides `verb` alone would be bypassed by the batched path)."""
+    mro = type(method).__mro__
+    defines_verb = next(k for k in mro if verb in k.__dict__)
+    defines_seam = next(k for k in mro if seam in k.__dict__)
+    return issubclass(defines_seam, defines_verb)
+
+
 def runs_batched(method: Method) -> bool:
     """Whether `method`'s updates may be trained in batches: it is `Batchable` and its
     `begin_update` is defined at or below the class that defines its `local_update` (a subclass
     that overrides `local_update` alone — a plugin, a test double — would be bypassed by the
     batched path, so it runs one by one)."""
-    if not isinstance(method, Batchable):
-        return False
-    mro = type(method).__mro__
-    local = next(k for k in mro if "local_update" in k.__dict__)
-    begin = next(k for k in mro if "begin_update" in k.__dict__)
-    return issubclass(begin, local)
+    return isinstance(method, Batchable) and _seam_below(method, "local_update", "begin_update")
+
+
+def evaluate_in_batches(method: Method, clients: list[int], split: Split, batch_devices: int) -> list[EvalResult]:
+    """`method.evaluate` of `clients`, `batch_devices` at a time in one batch where the method
+    allows it (as `runs_batched`, for `evaluate` and `evaluate_batch`), else one by one."""
+    if batch_devices <= 1 or not (isinstance(method, Batchable) and _seam_below(method, "evaluate", "evaluate_batch")):
+        return [method.evaluate(c, split) for c in clients]
+    out: list[EvalResult] = []
+    for start in range(0, len(clients), batch_devices):
+        out.extend(method.evaluate_batch(clients[start : start + batch_devices], split))
+    return out
 
 
 def update_in_batches(method: Method, jobs: list[tuple[int, dict[str, torch.Tensor], LocalPlan]],

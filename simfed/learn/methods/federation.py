@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape, DeviceAdapters, copy_into
-from simfed.learn.evaluate import evaluate_windows, evaluation_windows
+from simfed.learn.evaluate import evaluate_many, evaluate_windows, evaluation_windows
 from simfed.learn.flops import ModelDims, round_activation_bytes, round_flops, router_phases_in_round
 from simfed.learn.local_update import ClientState, LocalWork, Recipe, batch_rng, new_client_state
 from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, PendingUpdate, Split, Update, run_pending
@@ -170,6 +170,11 @@ class AdapterFederation:
 
     def evaluate(self, client: int, split: Split) -> EvalResult:
         return evaluate_windows(self.model, self.local_adapters(client), self.windows(client, split), self.eval_batch)
+
+    def evaluate_many(self, clients: list[int], split: Split) -> list[EvalResult]:
+        """`evaluate` of several clients, their forwards batched (simfed/learn/evaluate.py)."""
+        devices = [(self.local_adapters(c), self.windows(c, split)) for c in clients]
+        return evaluate_many(self.model, devices, self.eval_batch)
 
     def state_dict(self) -> dict:
         """The server's shared tensors and every client's state (see `Method.state_dict`)."""
