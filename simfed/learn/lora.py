@@ -150,7 +150,9 @@ class LoRARows:
     meets a zero column of B, so the delta is device k's own s_k·B_k A_k x; and the padding is a
     constant made by `F.pad`, not a parameter, so no optimizer ever sees it and the gradient
     flowing back through the pad lands on the real (r_k) slice only. Each device keeps its own
-    scale s_k = alpha/√r_k (never the padded r_max).
+    scale s_k = alpha/√r_k (never the padded r_max), folded into its A as s_k·A_k before
+    stacking: the same product as the sequential (A_k x)·s_k up to rounding, and no per-forward
+    tensor of scales to copy to the GPU.
     """
 
     loras: list[StackedLoRA | None]
@@ -163,22 +165,19 @@ class LoRARows:
         n_dev = len(self.loras)
         d_in, d_out = present[0].lora_A.shape[2], present[0].lora_B.shape[1]
         r_max = max(lora.rank for lora in present)
-        a_rows, b_cols, scales = [], [], []
+        a_rows, b_cols = [], []
         for lora in self.loras:
-            if lora is None:  # no LoRA on this device: a zero pair (constants), scale 0
-                a_rows.append(x.new_zeros(r_max, d_in, dtype=present[0].lora_A.dtype))
-                b_cols.append(x.new_zeros(d_out, r_max, dtype=present[0].lora_B.dtype))
-                scales.append(0.0)
+            if lora is None:  # no LoRA on this device: a zero pair (constants)
+                a_rows.append(present[0].lora_A.new_zeros(r_max, d_in))
+                b_cols.append(present[0].lora_B.new_zeros(d_out, r_max))
                 continue
             pad = r_max - lora.rank
-            a_rows.append(F.pad(lora.lora_A[0], (0, 0, 0, pad)))  # (r_max, in), rows ≥ r_k zero
+            a_rows.append(F.pad(lora.lora_A[0] * lora.scale, (0, 0, 0, pad)))  # (r_max, in), rows ≥ r_k zero
             b_cols.append(F.pad(lora.lora_B[0], (0, pad)))  # (out, r_max), columns ≥ r_k zero
-            scales.append(lora.scale)
-        a = torch.stack(a_rows)  # (K, r_max, in)
+        a = torch.stack(a_rows)  # (K, r_max, in): s_k·A_k
         b = torch.stack(b_cols)  # (K, out, r_max)
         flat = x.reshape(n_dev, -1, d_in)  # (K, b·T, in): rows are grouped by device
         low = torch.bmm(flat, a.transpose(1, 2))  # (K, b·T, r_max)
-        low = low * torch.tensor(scales, dtype=low.dtype, device=low.device).view(n_dev, 1, 1)
         out = torch.bmm(low, b.transpose(1, 2))  # (K, b·T, out)
         return out.reshape(*x.shape[:-1], d_out)
 
@@ -349,6 +348,8 @@ class MixtureMLP(nn.Module):
         """
         n_dev = len(rows.banks)
         per = x.shape[0] // n_dev
+        if all(bank is not None and bank.n_experts == 1 for bank in rows.banks):
+            return self._single_lora_rows(x, rows)
         bases = [getattr(self.mlp, name)(x) for name in self.up_names]  # each (K·b, T, d_ff)
         mixed_parts, delta_parts = [], []
         for k, bank in enumerate(rows.banks):
@@ -366,6 +367,19 @@ class MixtureMLP(nn.Module):
             return out
         zero = out.new_zeros(per, *out.shape[1:])
         return out + torch.cat([zero if d is None else d for d in delta_parts])
+
+    def _single_lora_rows(self, x: torch.Tensor, rows: BankRows) -> torch.Tensor:
+        """Every device with one MLP LoRA (E = 1, no router: HetLoRA, FlexLoRA, FFA-LoRA, FedAvg with
+        `match: none`): its MLP is a plain LoRA-MLP, so all K devices' LoRAs run stacked (`LoRARows`,
+        two `bmm`s a linear) instead of one device after the other. The same function as `_dense`
+        with E = 1, whose routing weight is exactly 1."""
+        banks = [bank for bank in rows.banks if bank is not None]
+        ups = [getattr(self.mlp, name)(x) + LoRARows([b.ups[j] for b in banks]).delta(x)
+               for j, name in enumerate(self.up_names)]  # each (K·b, T, d_ff)
+        hidden = self.activation(ups[0]) * ups[1] if self.gated else self.activation(ups[0])
+        for bank in banks:
+            bank.last_lb = None  # no router: no load-balancing term (as `ExpertBank.select`)
+        return getattr(self.mlp, self.down_name)(hidden) + LoRARows([b.down for b in banks]).delta(hidden)
 
     def _dense(self, x: torch.Tensor, bank: ExpertBank,
                bases: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -211,18 +211,21 @@ def test_batched_equals_sequential_on_cuda(tiny_gpt2_cuda, toy_data, name):
 # 4 to 16, and a device without attention LoRA (rank 0: a zero pair in the stacked attention)
 SHAPES = [AdapterShape(1, 4, 4), AdapterShape(2, 4, 4), AdapterShape(3, 4, 8), AdapterShape(4, 4, 4),
           AdapterShape(2, 4, 4, top_k=2, routed=False), AdapterShape(1, 16, 4), AdapterShape(1, 8, 0)]
+# one MLP LoRA on every device (HetLoRA, FlexLoRA): the MLP LoRAs run stacked too (MixtureMLP._single_lora_rows)
+SINGLE = [AdapterShape(1, 4, 8), AdapterShape(1, 16, 8), AdapterShape(1, 12, 0)]
 
 
+@pytest.mark.parametrize("shapes", [SHAPES, SINGLE], ids=["mixtures", "single_lora"])
 @pytest.mark.parametrize("card", ["tiny-gpt2", "tiny-llama"])
-def test_one_batched_step_gives_every_device_its_own_loss_and_gradients(request, card):
+def test_one_batched_step_gives_every_device_its_own_loss_and_gradients(request, card, shapes):
     """Σ_k loss_k backward in one batch: each device's loss and gradients are those it gets alone."""
     model = request.getfixturevalue(card.replace("-", "_"))
     devices = []
-    for i, shape in enumerate(SHAPES):
+    for i, shape in enumerate(shapes):
         adapters = model.new_adapters(shape, torch.Generator().manual_seed(i))
         randomise_lora_b(adapters, seed=10 + i)
         devices.append(adapters)
-    ids = [random_ids(2, 33, seed=20 + i) for i in range(len(SHAPES))]
+    ids = [random_ids(2, 33, seed=20 + i) for i in range(len(shapes))]
 
     def objective(adapters, logits, windows):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), windows[:, 1:].reshape(-1))
@@ -245,3 +248,22 @@ def test_one_batched_step_gives_every_device_its_own_loss_and_gradients(request,
         assert batched_loss.item() == pytest.approx(loss, rel=1e-6)
         for want, p in zip(grads, adapters.parameters()):
             assert rel_err(p.grad, want) <= 1e-5
+
+
+def test_batched_evaluation_equals_one_by_one(tiny_gpt2, toy_data):
+    """evaluate_many: devices of different shapes and window counts (3 windows: a last chunk of 1
+    beside full ones) give each device's evaluate_windows numbers; one device, the same bits."""
+    from simfed.learn.evaluate import evaluate_many, evaluate_windows, evaluation_windows
+
+    devices = []
+    for i, (shape, n) in enumerate(zip(SHAPES, [3, 2, 3, 2, 3, 2, 3])):
+        adapters = tiny_gpt2.new_adapters(shape, torch.Generator().manual_seed(i))
+        randomise_lora_b(adapters, seed=30 + i)
+        devices.append((adapters, evaluation_windows(toy_data[i % 2].test, 32, n)))
+    alone = [evaluate_windows(tiny_gpt2, a, w, batch_size=2) for a, w in devices]
+    together = evaluate_many(tiny_gpt2, devices, batch_size=2)
+    for a, t in zip(alone, together):
+        assert (t.n_tokens, t.acc) == (a.n_tokens, a.acc)
+        assert t.ppl == pytest.approx(a.ppl, rel=1e-6)
+        assert t.ppl_se == pytest.approx(a.ppl_se, rel=1e-4)
+    assert evaluate_many(tiny_gpt2, devices[:1], batch_size=2) == alone[:1]
