@@ -121,7 +121,8 @@ def _batch(tokens: np.ndarray, recipe: Recipe, rng: np.random.Generator, device:
 def router_phase(
     model: AdaptedModel, state: ClientState, tokens: np.ndarray, recipe: Recipe, rng: np.random.Generator
 ) -> float:
-    """`router_steps` steps on the routers only; returns the mean loss."""
+    """`router_steps` steps on the routers only, by themselves; returns the mean loss. (Inside a
+    round the loop runs these steps as router micro-steps, `train_devices`.)"""
     adapters = state.adapters
     _train_only(adapters, optimised(state.router_opt))
     losses = []
