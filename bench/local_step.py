@@ -11,6 +11,11 @@ peft's is the E = 1 shape), so FLOP/s = FLOPs / median step seconds. Steps of al
 alternate, so a busy machine slows them alike.
 
     .venv/bin/python bench/local_step.py [--steps 5] [--warmup 2] [--experts 2 4] [--compute auto dense]
+        [--device cuda] [--precision bfloat16] [--model smollm2-135m-random]
+
+`--device cuda` runs both on the GPU (`--precision bfloat16`: bf16 autocast for both, fp32 adapters
+and AdamW); `--model smollm2-135m-random` is SmolLM2's architecture with random weights (the same
+shapes and FLOPs) where the offline GGUF is missing.
 """
 from __future__ import annotations
 
@@ -42,13 +47,13 @@ def comigs_step_fn(model: AdaptedModel, ids: torch.Tensor, n_experts: int, compu
     model.model.train()
 
     def step() -> float:
-        model.attach(adapters)
         for site in model.mlp_sites:
             site.compute = compute
-        loss = next_token_loss(model, ids)
-        lb = adapters.load_balancing_loss()
-        total = loss + LB_LAMBDA * lb if lb is not None else loss
-        total.backward()
+        with model.using(adapters):  # attached, under the model's autocast (if any)
+            loss = next_token_loss(model, ids)
+            lb = adapters.load_balancing_loss()
+            total = loss + LB_LAMBDA * lb if lb is not None else loss
+            total.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.item()
@@ -56,10 +61,10 @@ def comigs_step_fn(model: AdaptedModel, ids: torch.Tensor, n_experts: int, compu
     return step, shape
 
 
-def peft_step_fn(card, ids: torch.Tensor):
+def peft_step_fn(card, ids: torch.Tensor, autocast: torch.dtype | None = None):
     from peft import LoraConfig, get_peft_model
 
-    base = load_base_model(card).model  # a fresh copy, never touched by AdaptedModel
+    base = load_base_model(card, ids.device).model  # a fresh copy, never touched by AdaptedModel
     config = LoraConfig(r=RANK, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, use_rslora=True, bias="none")
     model = get_peft_model(base, config)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -67,9 +72,10 @@ def peft_step_fn(card, ids: torch.Tensor):
     model.train()
 
     def step() -> float:
-        logits = model(input_ids=ids[:, :-1], use_cache=False).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
-        loss.backward()
+        with torch.autocast(ids.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            logits = model(input_ids=ids[:, :-1], use_cache=False).logits
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+            loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.item()
@@ -92,21 +98,25 @@ def main() -> None:
     parser.add_argument("--experts", type=int, nargs="+", default=[2], help="CoMiGS expert counts E (top-2)")
     parser.add_argument("--compute", nargs="+", default=["auto"], choices=["auto", "dense", "grouped"],
                         help="host expert paths to time (MixtureMLP.compute)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                        help="bfloat16: autocast for both steps (adapters and AdamW stay fp32)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     card = load_card(args.model)
     rng = np.random.default_rng(0)
-    model = AdaptedModel(load_base_model(card))
+    autocast = torch.bfloat16 if args.precision == "bfloat16" else None
+    model = AdaptedModel(load_base_model(card, args.device), autocast)
     vocab = int(model.model.config.vocab_size)
-    ids = torch.as_tensor(rng.integers(0, vocab, size=(BATCH, SEQ_LEN + 1)), dtype=torch.long)
+    ids = torch.as_tensor(rng.integers(0, vocab, size=(BATCH, SEQ_LEN + 1)), dtype=torch.long, device=args.device)
     dims = ModelDims.of(model)
     steps, shapes = {}, {}
     for e in args.experts:
         for compute in args.compute:
             label = f"comigs_1g{e - 1}s_{compute}" if e > 1 else f"comigs_e1_{compute}"
             steps[label], shapes[label] = comigs_step_fn(model, ids, e, compute)
-    peft, peft_params = peft_step_fn(card, ids)
+    peft, peft_params = peft_step_fn(card, ids, autocast)
     steps["peft_lora"], shapes["peft_lora"] = peft, AdapterShape(1, RANK, RANK)
     for _ in range(args.warmup):
         for step in steps.values():
@@ -115,7 +125,7 @@ def main() -> None:
     for _ in range(args.steps):  # alternate, so that background load hits all alike
         for label, step in steps.items():
             times[label].append(timed(step))
-    print(f"# {args.model}, batch {BATCH} x {SEQ_LEN}, {args.threads} threads, median of {args.steps} "
+    print(f"# {args.model} on {args.device} ({args.precision}), batch {BATCH} x {SEQ_LEN}, {args.threads} threads, median of {args.steps} "
           f"after {args.warmup} warm-up; peft trainable params {peft_params}")
     per_s = {}
     for label, ts in times.items():

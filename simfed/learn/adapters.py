@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from simfed.learn.base_model import BaseModel
-from simfed.learn.lora import LORA_ALPHA, ExpertBank, ExpertCompute, LoRALinear, MixtureMLP, StackedLoRA
+from simfed.learn.lora import (
+    LORA_ALPHA, BankRows, ExpertBank, ExpertCompute, LoRALinear, LoRARows, MixtureMLP, StackedLoRA,
+)
 from simfed.learn.model_card import ModelCardError
 
 
@@ -194,19 +196,50 @@ class AdaptedModel:
             mlp.attach(layer.mlp if layer is not None else None)
         self.attached = adapters
 
+    def attach_rows(self, devices: list[DeviceAdapters]) -> None:
+        """Attach K devices' adapters at once, for a batch whose rows are grouped by device
+        (rows [k·b, (k+1)·b) are device k's): every site runs each device's rows through that
+        device's tensors (`LoRARows`, `BankRows` in simfed/learn/lora.py)."""
+        for i, (sites, mlp) in enumerate(zip(self.attention_sites, self.mlp_sites)):
+            layers = [d.layers[i] for d in devices]
+            for name, site in sites.items():
+                site.attach(LoRARows([layer.attn[name] if name in layer.attn else None for layer in layers]))
+            mlp.attach(BankRows([layer.mlp for layer in layers]))
+        self.attached = None
+
     @contextmanager
     def using(self, adapters: DeviceAdapters | None) -> Iterator[None]:
         """Attach `adapters` for the body of a `with` block, then restore the bare base model."""
         previous = self.attached
         self.attach(adapters)
         try:
-            if self.autocast is None:
+            with self._precision():
                 yield
-            else:
-                with torch.autocast(device_type=self.device.type, dtype=self.autocast):
-                    yield
         finally:
             self.attach(previous)
+
+    @contextmanager
+    def using_rows(self, devices: list[DeviceAdapters]) -> Iterator[None]:
+        """`using` for K devices in one batch (`attach_rows`); one device is plain `using`."""
+        if len(devices) == 1:
+            with self.using(devices[0]):
+                yield
+            return
+        previous = self.attached
+        self.attach_rows(devices)
+        try:
+            with self._precision():
+                yield
+        finally:
+            self.attach(previous)
+
+    @contextmanager
+    def _precision(self) -> Iterator[None]:
+        if self.autocast is None:
+            yield
+        else:
+            with torch.autocast(device_type=self.device.type, dtype=self.autocast):
+                yield
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.base.model(input_ids=input_ids, use_cache=False).logits

@@ -17,6 +17,7 @@ move on another sample of the device's text; it is not the seed-to-seed spread o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -30,30 +31,76 @@ from simfed.learn.methods.base import EvalResult
 ALL = "all"  # training.eval_windows: the whole split
 
 
+@dataclass
+class _Tally:
+    """Running sums of one device's evaluation (the order of the sums is the windows')."""
+
+    loss: float = 0.0
+    correct: int = 0
+    tokens: int = 0
+    window_losses: list[np.ndarray] = field(default_factory=list)  # mean CE of each window
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        logits = logits.float()
+        flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+        # the total keeps its own summed reduction: the perplexities of earlier runs, bit for bit
+        self.loss += float(F.cross_entropy(flat_logits, flat_targets, reduction="sum"))
+        per_token = F.cross_entropy(flat_logits, flat_targets, reduction="none").reshape(targets.shape)
+        self.window_losses.append(per_token.double().mean(dim=1).cpu().numpy())
+        self.correct += int((logits.argmax(-1) == targets).sum())
+        self.tokens += targets.numel()
+
+    def result(self) -> EvalResult:
+        mean = self.loss / max(self.tokens, 1)
+        ppl = math.exp(mean)
+        losses = np.concatenate(self.window_losses) if self.window_losses else np.zeros(0)
+        return EvalResult(ppl=ppl, acc=self.correct / max(self.tokens, 1), n_tokens=self.tokens,
+                          ppl_se=ppl * mean_standard_error(losses))
+
+
+def _chunk(windows: np.ndarray, start: int, batch_size: int, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(windows[start : start + batch_size], dtype=np.int64), device=device)
+
+
 @torch.no_grad()
 def evaluate_windows(
     model: AdaptedModel, adapters: DeviceAdapters | None, windows: np.ndarray, batch_size: int = 8
 ) -> EvalResult:
     """Mean CE → perplexity, next-token accuracy and perplexity's standard error, of `adapters`
     on the base model, `batch_size` windows a forward."""
-    total_loss, total_correct, total_tokens = 0.0, 0, 0
-    window_losses: list[np.ndarray] = []  # mean CE of each window
+    tally = _Tally()
     with model.using(adapters):
         for start in range(0, len(windows), batch_size):
-            chunk = torch.as_tensor(np.asarray(windows[start : start + batch_size], dtype=np.int64), device=model.device)
-            logits = model.logits(chunk[:, :-1]).float()
-            targets = chunk[:, 1:]
-            flat_logits, flat_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-            # the total keeps its own summed reduction: the perplexities of earlier runs, bit for bit
-            total_loss += float(F.cross_entropy(flat_logits, flat_targets, reduction="sum"))
-            per_token = F.cross_entropy(flat_logits, flat_targets, reduction="none").reshape(targets.shape)
-            window_losses.append(per_token.double().mean(dim=1).cpu().numpy())
-            total_correct += int((logits.argmax(-1) == targets).sum())
-            total_tokens += targets.numel()
-    mean = total_loss / max(total_tokens, 1)
-    ppl = math.exp(mean)
-    return EvalResult(ppl=ppl, acc=total_correct / max(total_tokens, 1), n_tokens=total_tokens,
-                      ppl_se=ppl * mean_standard_error(np.concatenate(window_losses) if window_losses else np.zeros(0)))
+            chunk = _chunk(windows, start, batch_size, model.device)
+            tally.add(model.logits(chunk[:, :-1]), chunk[:, 1:])
+    return tally.result()
+
+
+@torch.no_grad()
+def evaluate_many(
+    model: AdaptedModel, devices: list[tuple[DeviceAdapters, np.ndarray]], batch_size: int = 8
+) -> list[EvalResult]:
+    """`evaluate_windows` of several devices (adapters, windows), their chunks in one forward:
+    the j-th chunk of every device that has one of the same size runs as one batch whose rows are
+    grouped by device (`AdaptedModel.using_rows`), and each device's sums are taken on its own
+    rows, in its windows' order. Equal to one by one up to float rounding (the base matmuls see
+    K·b rows instead of b); one device is `evaluate_windows` exactly."""
+    tallies = [_Tally() for _ in devices]
+    longest = max((len(w) for _, w in devices), default=0)
+    for start in range(0, longest, batch_size):
+        by_size: dict[int, list[int]] = {}
+        for i, (_, windows) in enumerate(devices):
+            n = len(windows[start : start + batch_size])
+            if n:
+                by_size.setdefault(n, []).append(i)
+        for n, members in by_size.items():
+            chunks = [_chunk(devices[i][1], start, batch_size, model.device) for i in members]
+            ids = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+            with model.using_rows([devices[i][0] for i in members]):
+                logits = model.logits(ids[:, :-1])
+                for k, i in enumerate(members):
+                    tallies[i].add(logits[k * n : (k + 1) * n], ids[k * n : (k + 1) * n, 1:])
+    return [t.result() for t in tallies]
 
 
 def mean_standard_error(values: np.ndarray) -> float:

@@ -9,12 +9,26 @@ gradient is even computed for them, and each optimizer zeroes its gradients (to 
 stepping. Methods without routers simply never enter a router phase. What trains in an expert step
 is exactly what the expert optimizer holds: with `joint_router` (Local-/FedAvg-MoE, pFedMoE) that
 includes the routers and there are no router phases; a tensor left out of it (FFA-LoRA's A) is frozen.
+
+Several devices train as ONE batch (`train_devices`; `executor.batch_devices`): each device's round
+is a list of micro-steps (`plan_micro_steps`: expert step s, or step j of a router phase), and the
+i-th micro-step of every device runs in one forward/backward whose rows are grouped by device, each
+through its own adapters (`AdaptedModel.using_rows`). The loss is Σ_k (device k's own mean CE + its
+own load-balancing and regulariser terms): nothing in device k's term depends on another device's
+tensors (the base is frozen, attention and norms act within a sequence), so the gradient each
+device's leaves receive is its own. Each device keeps its own AdamW, so bias correction at its own
+step count, its lr from the schedule and weight decay are the sequential code's. Which tensors get
+gradients is set per device, so one device can be in a router phase while another trains experts
+in the same forward; a device whose round has fewer micro-steps drops out of the later batches.
+One device alone is the sequential path, bit for bit. No host synchronisation inside the loop:
+the windows of the whole round are drawn up front (same rng, same order) and moved to the device
+once; losses stay tensors until one `tolist()` at the end.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -107,7 +121,8 @@ def _batch(tokens: np.ndarray, recipe: Recipe, rng: np.random.Generator, device:
 def router_phase(
     model: AdaptedModel, state: ClientState, tokens: np.ndarray, recipe: Recipe, rng: np.random.Generator
 ) -> float:
-    """`router_steps` steps on the routers only; returns the mean loss."""
+    """`router_steps` steps on the routers only, by themselves; returns the mean loss. (Inside a
+    round the loop runs these steps as router micro-steps, `train_devices`.)"""
     adapters = state.adapters
     _train_only(adapters, optimised(state.router_opt))
     losses = []
@@ -126,6 +141,157 @@ def router_phase(
     return float(np.mean(losses)) if losses else float("nan")
 
 
+MicroKind = Literal["expert", "router"]
+
+
+@dataclass(frozen=True)
+class MicroStep:
+    """One optimizer step of a device's round: expert step `index` of the round, or step `index`
+    of a router phase."""
+
+    kind: MicroKind
+    index: int
+
+
+def plan_micro_steps(recipe: Recipe, global_step: int, has_router_opt: bool) -> list[MicroStep]:
+    """The round's steps in order: `local_steps` expert steps, and after each one that brings the
+    device's global step to a multiple of τ, a router phase of `router_steps` steps."""
+    plan: list[MicroStep] = []
+    for s in range(recipe.local_steps):
+        plan.append(MicroStep("expert", s))
+        global_step += 1
+        if has_router_opt and global_step % recipe.tau == 0:
+            plan.extend(MicroStep("router", j) for j in range(recipe.router_steps))
+    return plan
+
+
+@dataclass
+class LocalWork:
+    """One device's round of local training, as `train_devices` needs it.
+
+    `progress_at(s)` maps the round's step s to the run's progress in [0, 1] for the lr schedule.
+    `regulariser` adds a term to the expert loss (HetLoRA's self-pruning); `after_step` runs after
+    every expert optimizer step (HetLoRA keeps its pruned slices at zero there). `result` is set
+    by `train_devices`: (mean train CE of the expert steps, training tokens)."""
+
+    state: ClientState
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    recipe: Recipe
+    progress_at: Callable[[int], float]
+    rng: np.random.Generator
+    regulariser: Callable[[DeviceAdapters], torch.Tensor] | None = None
+    after_step: Callable[[DeviceAdapters], None] | None = None
+    result: tuple[float, int] | None = None
+
+
+@dataclass
+class _Running:
+    """A device inside `train_devices`: its micro-steps, its windows (n_micro, b, T+1) on the
+    model's device, and its expert-step losses (tensors until the end)."""
+
+    work: LocalWork
+    steps: list[MicroStep]
+    windows: torch.Tensor
+    losses: list[torch.Tensor] = field(default_factory=list)
+
+
+def _start(work: LocalWork, device: torch.device) -> _Running:
+    """Plan the device's round and draw all its windows, in the order the steps draw them."""
+    state, recipe = work.state, work.recipe
+    steps = plan_micro_steps(recipe, state.global_step, state.router_opt is not None)
+    router_tokens = work.val_tokens if recipe.router_split == "val" else work.train_tokens
+    drawn = [sample_windows(work.train_tokens if m.kind == "expert" else router_tokens, recipe.seq_len,
+                            recipe.batch_size, work.rng) for m in steps]
+    windows = torch.as_tensor(np.stack(drawn).astype(np.int64, copy=False), device=device)
+    return _Running(work, steps, windows)
+
+
+def _step_loss(run: _Running, step: MicroStep, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Device `run`'s own objective on its rows: mean CE (+ LB, + regulariser), as the sequential
+    loop forms it; records the CE of an expert step."""
+    recipe, adapters = run.work.recipe, run.work.state.adapters
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+    lb = adapters.load_balancing_loss()
+    if step.kind == "router":
+        return loss + recipe.lb_lambda * lb if lb is not None else loss
+    run.losses.append(loss.detach())
+    total = loss
+    if lb is not None and recipe.lb_lambda > 0:
+        total = total + recipe.lb_lambda * lb
+    if run.work.regulariser is not None:
+        total = total + run.work.regulariser(adapters)
+    return total
+
+
+def _prepare_step(run: _Running, step: MicroStep) -> torch.optim.Optimizer:
+    """Gradients on for what this step trains; the expert lr from the schedule. The optimizer to step."""
+    state = run.work.state
+    if step.kind == "router":
+        assert state.router_opt is not None
+        _train_only(state.adapters, optimised(state.router_opt))
+        return state.router_opt
+    _train_only(state.adapters, optimised(state.expert_opt))
+    lr = cosine_lr(run.work.recipe.lr, run.work.progress_at(step.index))
+    for group in state.expert_opt.param_groups:
+        group["lr"] = lr
+    return state.expert_opt
+
+
+def _finish_step(run: _Running, step: MicroStep, opt: torch.optim.Optimizer) -> None:
+    state = run.work.state
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if step.kind == "expert":
+        if run.work.after_step is not None:
+            run.work.after_step(state.adapters)
+        state.global_step += 1
+
+
+def train_devices(model: AdaptedModel, works: list[LocalWork]) -> None:
+    """One round of local training of every device in `works`, together (module docstring);
+    sets each `work.result`. One device: the sequential loop exactly."""
+    if not works:
+        return
+    if len(works) > 1:
+        if len({w.recipe.batch_size for w in works}) != 1:
+            raise ValueError("devices trained in one batch must share the batch size")
+        if len({id(w.state) for w in works}) != len(works):
+            raise ValueError("a device appears twice in one batch")
+        dropout = getattr(model.base.card, "dropout", 0.0)
+        if dropout:  # dropout masks come from one global stream: a batch draws them differently
+            raise ValueError(f"batched devices need dropout 0 (the model card sets {dropout}); use batch_devices: 1")
+    runs = [_start(w, model.device) for w in works]
+    model.model.train()
+    try:
+        for i in range(max(len(r.steps) for r in runs)):
+            active = [r for r in runs if i < len(r.steps)]
+            opts = [_prepare_step(r, r.steps[i]) for r in active]
+            rows = [r.windows[i] for r in active]
+            windows = rows[0] if len(rows) == 1 else torch.cat(rows)
+            per = rows[0].shape[0]
+            with model.using_rows([r.work.state.adapters for r in active]):
+                logits = model.logits(windows[:, :-1])
+                targets = windows[:, 1:]
+                total = None
+                for k, r in enumerate(active):
+                    sl = slice(k * per, (k + 1) * per)
+                    own = (logits, targets) if len(active) == 1 else (logits[sl], targets[sl])
+                    term = _step_loss(r, r.steps[i], *own)
+                    total = term if total is None else total + term
+                total.backward()
+            for r, opt in zip(active, opts):
+                _finish_step(r, r.steps[i], opt)
+    finally:
+        model.model.eval()
+        for r in runs:
+            _train_only(r.work.state.adapters, optimised(r.work.state.expert_opt))
+    for r in runs:
+        losses = torch.stack(r.losses).tolist() if r.losses else []  # the round's one host sync
+        recipe = r.work.recipe
+        r.work.result = (float(np.mean(losses)), recipe.local_steps * recipe.batch_size * recipe.seq_len)
+
+
 def train_locally(
     model: AdaptedModel,
     state: ClientState,
@@ -137,40 +303,10 @@ def train_locally(
     regulariser: Callable[[DeviceAdapters], torch.Tensor] | None = None,
     after_step: Callable[[DeviceAdapters], None] | None = None,
 ) -> tuple[float, int]:
-    """Run one round of local training on the attached adapters; (mean train CE, tokens seen).
+    """Run one round of local training on one device's adapters; (mean train CE, tokens seen).
 
-    `progress_at(s)` maps the round's step s to the run's progress in [0, 1] for the lr schedule.
-    `regulariser` adds a term to the expert loss (HetLoRA's self-pruning); `after_step` runs after
-    every expert optimizer step (HetLoRA keeps its pruned slices at zero there).
-    """
-    adapters = state.adapters
-    _train_only(adapters, optimised(state.expert_opt))
-    router_tokens = val_tokens if recipe.router_split == "val" else train_tokens
-    losses: list[float] = []
-    with model.using(adapters):
-        model.model.train()
-        try:
-            for s in range(recipe.local_steps):
-                lr = cosine_lr(recipe.lr, progress_at(s))
-                for group in state.expert_opt.param_groups:
-                    group["lr"] = lr
-                windows = _batch(train_tokens, recipe, rng, model.device)
-                loss = next_token_loss(model, windows)
-                total = loss
-                lb = adapters.load_balancing_loss()
-                if lb is not None and recipe.lb_lambda > 0:
-                    total = total + recipe.lb_lambda * lb
-                if regulariser is not None:
-                    total = total + regulariser(adapters)
-                total.backward()
-                state.expert_opt.step()
-                state.expert_opt.zero_grad(set_to_none=True)
-                if after_step is not None:
-                    after_step(adapters)
-                losses.append(loss.item())
-                state.global_step += 1
-                if state.router_opt is not None and state.global_step % recipe.tau == 0:
-                    router_phase(model, state, router_tokens, recipe, rng)
-        finally:
-            model.model.eval()
-    return float(np.mean(losses)), recipe.local_steps * recipe.batch_size * recipe.seq_len
+    The one-device case of `train_devices` (see `LocalWork` for the arguments)."""
+    work = LocalWork(state, train_tokens, val_tokens, recipe, progress_at, rng, regulariser, after_step)
+    train_devices(model, [work])
+    assert work.result is not None
+    return work.result

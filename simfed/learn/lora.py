@@ -13,9 +13,11 @@ own state dict and parameter list never contain a device's tensors.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from transformers.pytorch_utils import Conv1D
@@ -129,9 +131,55 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        if self.adapter is None:
+        adapter = self.adapter
+        if adapter is None:
             return out
-        return out + self.adapter.delta_single(x)
+        if isinstance(adapter, LoRARows):  # K devices in one batch
+            return out + adapter.delta(x)
+        return out + adapter.delta_single(x)
+
+
+@dataclass(frozen=True)
+class LoRARows:
+    """K devices' one-expert LoRA at one linear, for a batch whose rows are grouped by device:
+    rows [k·b, (k+1)·b) belong to device k (`None`: that device has no LoRA here).
+
+    The K pairs run as two `bmm`s on x reshaped to (K, b·T, in). Ranks differ between devices
+    (HetLoRA, FlexLoRA), so each A (r_k, in) is zero-padded to (r_max, in) and each B (out, r_k)
+    to (out, r_max). This is exact: a padded row of A gives a zero low-rank coordinate, which
+    meets a zero column of B, so the delta is device k's own s_k·B_k A_k x; and the padding is a
+    constant made by `F.pad`, not a parameter, so no optimizer ever sees it and the gradient
+    flowing back through the pad lands on the real (r_k) slice only. Each device keeps its own
+    scale s_k = alpha/√r_k (never the padded r_max), folded into its A as s_k·A_k before
+    stacking: the same product as the sequential (A_k x)·s_k up to rounding, and no per-forward
+    tensor of scales to copy to the GPU.
+    """
+
+    loras: list[StackedLoRA | None]
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """x (K·b, ..., in) → (K·b, ..., out), each device's rows through its own LoRA."""
+        present = [lora for lora in self.loras if lora is not None]
+        if not present:
+            return torch.zeros((), dtype=x.dtype, device=x.device)
+        n_dev = len(self.loras)
+        d_in, d_out = present[0].lora_A.shape[2], present[0].lora_B.shape[1]
+        r_max = max(lora.rank for lora in present)
+        a_rows, b_cols = [], []
+        for lora in self.loras:
+            if lora is None:  # no LoRA on this device: a zero pair (constants)
+                a_rows.append(present[0].lora_A.new_zeros(r_max, d_in))
+                b_cols.append(present[0].lora_B.new_zeros(d_out, r_max))
+                continue
+            pad = r_max - lora.rank
+            a_rows.append(F.pad(lora.lora_A[0] * lora.scale, (0, 0, 0, pad)))  # (r_max, in), rows ≥ r_k zero
+            b_cols.append(F.pad(lora.lora_B[0], (0, pad)))  # (out, r_max), columns ≥ r_k zero
+        a = torch.stack(a_rows)  # (K, r_max, in): s_k·A_k
+        b = torch.stack(b_cols)  # (K, out, r_max)
+        flat = x.reshape(n_dev, -1, d_in)  # (K, b·T, in): rows are grouped by device
+        low = torch.bmm(flat, a.transpose(1, 2))  # (K, b·T, r_max)
+        out = torch.bmm(low, b.transpose(1, 2))  # (K, b·T, out)
+        return out.reshape(*x.shape[:-1], d_out)
 
 
 class ExpertBank(nn.Module):
@@ -213,6 +261,14 @@ class ExpertBank(nn.Module):
         return weights, top_idx, top_w
 
 
+@dataclass(frozen=True)
+class BankRows:
+    """K devices' expert banks at one MLP, for a batch whose rows are grouped by device (rows
+    [k·b, (k+1)·b) are device k's; `None`: that device has no bank, the plain frozen MLP)."""
+
+    banks: list[ExpertBank | None]
+
+
 ExpertCompute = Literal["auto", "dense", "grouped"]
 
 
@@ -267,30 +323,85 @@ class MixtureMLP(nn.Module):
         return self.compute == "grouped" or bank.top_k < bank.n_experts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bank: ExpertBank | None = self.bank
+        bank: ExpertBank | BankRows | None = self.bank
         if bank is None:
             return self.mlp(x)
-        out = self._grouped(x, bank) if self.grouped_for(bank) else self._dense(x, bank)
+        if isinstance(bank, BankRows):
+            out = self._device_rows(x, bank)
+        else:
+            mixed, delta = self._grouped(x, bank) if self.grouped_for(bank) else self._dense(x, bank)
+            out = getattr(self.mlp, self.down_name)(mixed) + delta
         if self.dropout is not None:
             out = self.dropout(out)
         return out
 
-    def _dense(self, x: torch.Tensor, bank: ExpertBank) -> torch.Tensor:
-        """Every expert on every token, stacked over E: (E, B, T, d_ff) hidden tensors."""
-        ups = [
-            getattr(self.mlp, name)(x).unsqueeze(0) + lora.delta_shared_input(x)
-            for name, lora in zip(self.up_names, bank.ups)
-        ]  # each (E, B, T, d_ff)
+    def _device_rows(self, x: torch.Tensor, rows: BankRows) -> torch.Tensor:
+        """K devices' mixtures in one batch (rows grouped by device, `BankRows`).
+
+        The frozen matmuls — the input-side W x and the output-side W_d (Σ_e w_e h_e) — are the
+        bulk of an MLP's work and run ONCE over all K·b rows. Only each device's LoRA terms,
+        routing and activation run per device, on its own rows with its own bank, through the very
+        code a device alone runs (`_dense`/`_grouped`): its expert count, its top-k = min(2, E_k),
+        its grouped or dense path and its load-balancing term (`last_lb`, on its own bank over its
+        own tokens) are exactly the sequential ones. This is why routers are not stacked with
+        −inf-masked logits: per-device routing is already exact and costs little next to W x.
+        """
+        n_dev = len(rows.banks)
+        per = x.shape[0] // n_dev
+        if all(bank is not None and bank.n_experts == 1 for bank in rows.banks):
+            return self._single_lora_rows(x, rows)
+        bases = [getattr(self.mlp, name)(x) for name in self.up_names]  # each (K·b, T, d_ff)
+        mixed_parts, delta_parts = [], []
+        for k, bank in enumerate(rows.banks):
+            sl = slice(k * per, (k + 1) * per)
+            own = [base[sl] for base in bases]
+            if bank is None:  # the plain MLP on this device's rows
+                mixed_parts.append(self.activation(own[0]) * own[1] if self.gated else self.activation(own[0]))
+                delta_parts.append(None)
+                continue
+            parts = self._grouped(x[sl], bank, own) if self.grouped_for(bank) else self._dense(x[sl], bank, own)
+            mixed_parts.append(parts[0])
+            delta_parts.append(parts[1])
+        out = getattr(self.mlp, self.down_name)(torch.cat(mixed_parts))  # (K·b, T, d_out)
+        if all(d is None for d in delta_parts):
+            return out
+        zero = out.new_zeros(per, *out.shape[1:])
+        return out + torch.cat([zero if d is None else d for d in delta_parts])
+
+    def _single_lora_rows(self, x: torch.Tensor, rows: BankRows) -> torch.Tensor:
+        """Every device with one MLP LoRA (E = 1, no router: HetLoRA, FlexLoRA, FFA-LoRA, FedAvg with
+        `match: none`): its MLP is a plain LoRA-MLP, so all K devices' LoRAs run stacked (`LoRARows`,
+        two `bmm`s a linear) instead of one device after the other. The same function as `_dense`
+        with E = 1, whose routing weight is exactly 1."""
+        banks = [bank for bank in rows.banks if bank is not None]
+        ups = [getattr(self.mlp, name)(x) + LoRARows([b.ups[j] for b in banks]).delta(x)
+               for j, name in enumerate(self.up_names)]  # each (K·b, T, d_ff)
+        hidden = self.activation(ups[0]) * ups[1] if self.gated else self.activation(ups[0])
+        for bank in banks:
+            bank.last_lb = None  # no router: no load-balancing term (as `ExpertBank.select`)
+        return getattr(self.mlp, self.down_name)(hidden) + LoRARows([b.down for b in banks]).delta(hidden)
+
+    def _dense(self, x: torch.Tensor, bank: ExpertBank,
+               bases: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every expert on every token, stacked over E: (E, B, T, d_ff) hidden tensors.
+
+        Returns (Σ_e w_e h_e, the down LoRA's mixed delta), both (B, T, ·); the caller applies the
+        frozen down projection to the first. `bases`: the frozen W x of each input-side linear,
+        when the caller computed them already (a batch of devices); else computed here."""
+        if bases is None:
+            bases = [getattr(self.mlp, name)(x) for name in self.up_names]
+        ups = [base.unsqueeze(0) + lora.delta_shared_input(x) for base, lora in zip(bases, bank.ups)]
+        # each (E, B, T, d_ff)
         hidden = self.activation(ups[0]) * ups[1] if self.gated else self.activation(ups[0])
         weights = bank.route(x)  # (B, T, E)
         if hidden.shape[0] == 1:  # one expert: its weight is 1
             mixed = hidden[0]
         else:
             mixed = (hidden * weights.permute(2, 0, 1).unsqueeze(-1)).sum(0)
-        out = getattr(self.mlp, self.down_name)(mixed)
-        return out + bank.down.mixed_delta_per_expert(hidden, weights)
+        return mixed, bank.down.mixed_delta_per_expert(hidden, weights)
 
-    def _grouped(self, x: torch.Tensor, bank: ExpertBank) -> torch.Tensor:
+    def _grouped(self, x: torch.Tensor, bank: ExpertBank,
+                 bases: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each expert on its own tokens only: k·N rows of per-expert work for N = B·T tokens.
 
         The N·k (token, expert) slots are sorted by expert (a stable argsort), so expert e's rows
@@ -309,7 +420,9 @@ class MixtureMLP(nn.Module):
         counts = torch.bincount(slot_expert, minlength=bank.n_experts).tolist()
         w_sorted = top_w.reshape(-1)[order].unsqueeze(-1)  # (N·k, 1)
         x_sorted = flat.repeat_interleave(k, dim=0)[order]  # (N·k, d)
-        bases = [getattr(self.mlp, name)(flat).repeat_interleave(k, dim=0)[order] for name in self.up_names]
+        if bases is None:
+            bases = [getattr(self.mlp, name)(flat) for name in self.up_names]
+        bases = [base.reshape(n_tok, -1).repeat_interleave(k, dim=0)[order] for base in bases]
         x_blocks = x_sorted.split(counts)
         base_blocks = [b.split(counts) for b in bases]
         weighted, down_delta = [], []
@@ -321,5 +434,4 @@ class MixtureMLP(nn.Module):
             down_delta.append(bank.down.delta_expert(hw, e))
         mixed = torch.cat(weighted)[inverse].reshape(n_tok, k, -1).sum(1)  # (N, d_ff) = Σ_e w_e h_e
         delta = torch.cat(down_delta)[inverse].reshape(n_tok, k, -1).sum(1)  # (N, d_out)
-        out = getattr(self.mlp, self.down_name)(mixed) + delta
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return mixed.reshape(*x.shape[:-1], -1), delta.reshape(*x.shape[:-1], -1)

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Protocol
 import torch
 
 from simfed.config import Scenario
-from simfed.learn.methods.base import LocalPlan, Method, Update
+from simfed.learn.methods.base import LocalPlan, Method, Update, evaluate_in_batches
 from simfed.learn.survival import surviving_share
 from simfed.run.divergence import DivergenceGuard
 from simfed.run.executor import Job
@@ -45,12 +45,10 @@ class Evaluation:
         return sum(v[0] for v in self.per_device.values()) / len(self.per_device)
 
 
-def evaluate_all(method: Method, n_clients: int) -> Evaluation:
-    results = {}
-    for c in range(n_clients):
-        r = method.evaluate(c, "test")
-        results[c] = (r.ppl, r.acc, r.ppl_se)
-    return Evaluation(results)
+def evaluate_all(method: Method, n_clients: int, batch_devices: int = 1) -> Evaluation:
+    """Every device's test metrics, `batch_devices` devices a forward where the method allows it."""
+    found = evaluate_in_batches(method, list(range(n_clients)), "test", batch_devices)
+    return Evaluation({c: (r.ppl, r.acc, r.ppl_se) for c, r in enumerate(found)})
 
 
 @dataclass(frozen=True)
@@ -232,7 +230,7 @@ class MethodWorkload:
         rounds = self.scenario.world.server.rounds
         done = round_index + 1
         if done % self.scenario.training.eval_every == 0 or done == rounds:
-            self.log(done, sim_time_s, evaluate_all(self.method, self.n_clients))
+            self.log(done, sim_time_s, evaluate_all(self.method, self.n_clients, self.scenario.executor.batch_devices))
         ModelSaver(self.scenario.output.save_models, self.run.path).on_round_end(self.method, self.seed, self.n_clients, done)
         if self.checkpoint is not None:
             self.checkpoint.save(round_index, self.method, self.export(), self.tally)

@@ -112,7 +112,14 @@ def test_joint_moe_shares_what_it_says(tiny_gpt2, toy_data, kind, numel, experts
 
 def test_joint_moe_trains_routers_in_the_expert_step(tiny_gpt2, toy_data, monkeypatch):
     phases = []
-    monkeypatch.setattr(local_update, "router_phase", lambda *a, **k: phases.append(1))
+    planned = local_update.plan_micro_steps
+
+    def recording(*args):
+        plan = planned(*args)
+        phases.extend(m for m in plan if m.kind == "router")
+        return plan
+
+    monkeypatch.setattr(local_update, "plan_micro_steps", recording)
     method = build_method(method_spec(name="p", kind="pfedmoe"), TRAINING, tiny_gpt2)
     method.setup(clients_for(toy_data, [LOW_END, LOW_END]), seed=0)
     fresh = tiny_gpt2.new_adapters(AdapterShape(2, 8, 8), torch_generator(0, 0))
@@ -146,10 +153,14 @@ def test_joint_moe_flops_match_the_flop_counter():
 
 @pytest.mark.parametrize("split", ["val", "train"])
 def test_router_split_picks_the_router_batches(tiny_gpt2, toy_data, monkeypatch, split):
-    seen = []
-    monkeypatch.setattr(local_update, "router_phase", lambda model, state, tokens, *a: seen.append(tokens))
-    method = build_method(method_spec(name="c", kind="comigs", tau=1, router_split=split), TRAINING, tiny_gpt2)
+    seen = []  # the split each drawn batch came from, in the order of the round's steps
+    draw = local_update.sample_windows
+    monkeypatch.setattr(local_update, "sample_windows", lambda tokens, *a: seen.append(tokens) or draw(tokens, *a))
+    spec = method_spec(name="c", kind="comigs", tau=1, router_split=split)
+    method = build_method(spec, TRAINING, tiny_gpt2)
     method.setup(clients_for(toy_data, [LOW_END, LOW_END]), seed=0)
     method.local_update(1, method.download(1), LocalPlan(0, 2, seed=0))
-    assert len(seen) == TRAINING.local_steps
-    assert all(t is getattr(toy_data[1], split) for t in seen)
+    router = getattr(toy_data[1], split)
+    phase = [router] * spec.router_steps  # τ = 1: a router phase after every expert step
+    expected = [toy_data[1].train, *phase] * TRAINING.local_steps
+    assert len(seen) == len(expected) and all(t is e for t, e in zip(seen, expected))

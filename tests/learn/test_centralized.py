@@ -21,13 +21,14 @@ ROUNDS = 2
 
 def run(model, data, monkeypatch=None, seen=None):
     if monkeypatch is not None:
-        real = local_update.next_token_loss
+        real = local_update.sample_windows
 
-        def spy(m, windows):
-            seen.append(windows.clone())
-            return real(m, windows)
+        def spy(tokens, seq_len, batch_size, rng):  # every batch the local loop draws (one a step)
+            windows = real(tokens, seq_len, batch_size, rng)
+            seen.append(torch.as_tensor(windows))
+            return windows
 
-        monkeypatch.setattr(local_update, "next_token_loss", spy)
+        monkeypatch.setattr(local_update, "sample_windows", spy)
     method = build_method(method_spec(name="c", kind="centralized"), TRAINING, model)
     method.setup(clients_for(data, [LOW_END] * len(data)), seed=0)
     for r in range(ROUNDS):

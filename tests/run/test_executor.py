@@ -116,3 +116,17 @@ def test_a_wrong_executor_kind_names_the_key_and_the_line(tmp_path, capsys) -> N
     err = capsys.readouterr().err
     line = text.splitlines().index("executor: {kind: dask}") + 1
     assert f"bad.yaml:{line}" in err and "executor.kind" in err
+
+
+def test_batched_devices_on_ray_give_the_local_batched_metrics_bit_for_bit(run_text, local_run, local_ray,
+                                                                           tmp_path) -> None:
+    """`batch_devices: 3` in process and in a Ray worker (one worker: the same batches) agree bit
+    for bit; against one by one they agree to float rounding (tests/learn/test_batched.py)."""
+    batched = run_with(run_text, tmp_path, "local_b3", "{kind: local, batch_devices: 3}")
+    on_ray = run_with(run_text, tmp_path, "ray1_b3", "{kind: ray, workers: 1, batch_devices: 3}")
+    assert (on_ray / "metrics.csv").read_bytes() == (batched / "metrics.csv").read_bytes()
+    one_by_one, together = read_metrics(local_run), read_metrics(batched)
+    assert len(one_by_one) == len(together)
+    for a, b in zip(one_by_one, together):
+        assert (a["method"], a["round"], a["device"], a["bytes_up"]) == (b["method"], b["round"], b["device"], b["bytes_up"])
+        assert b["ppl"] == pytest.approx(a["ppl"], rel=1e-3)

@@ -42,3 +42,41 @@ world:
     for method in ("comigs", "hetlora"):
         ppl = {r["round"]: r["ppl"] for r in rows if r["method"] == method}
         assert ppl[3] < ppl[0]
+
+
+def test_a_scenario_batched_and_one_by_one_on_the_gpu(run_text, tmp_path):
+    """`executor.batch_devices` on CUDA: both ways train, and their perplexities agree in fp32
+    (precision float32, TF32 off by default for matmuls) to float rounding; bf16 autocast batched
+    trains too."""
+    from simfed.report.readers import read_metrics
+
+    def scenario(name: str, precision: str, batch: int) -> str:
+        return f"""
+name: {name}
+seeds: [0]
+model: tiny-gpt2
+data: {{users: [toy:a, toy:b], train_tokens: 3000, val_tokens: 800, test_tokens: 800, cache_dir: {tmp_path / "cache"}}}
+training: {{local_steps: 4, batch_size: 4, seq_len: 32, eval_windows: 4, precision: {precision}, device: cuda}}
+methods:
+  - {{name: comigs, kind: comigs, variant: 1gxs, min_experts: 1, tau: 2, router_steps: 1}}
+  - {{name: hetlora, kind: hetlora, min_rank: 2}}
+world:
+  fleet:
+    - {{count: 2, tier: phone_flagship, link: wifi_home}}
+    - {{count: 2, tier: phone_low, link: wifi_home}}
+  server: {{rounds: 3, target_per_round: 4, over_selection: 1.0, deadline_s: 100000}}
+executor: {{kind: local, batch_devices: {batch}}}
+"""
+
+    runs = {(p, b): read_metrics(run_text(scenario(f"gpu_{p}_{b}", p, b), tmp_path / f"{p}{b}.yaml", tmp_path / "runs"))
+            for p, b in [("float32", 1), ("float32", 4), ("auto", 4)]}
+    for rows in runs.values():
+        for method in ("comigs", "hetlora"):
+            ppl = {}
+            for r in rows:
+                if r["method"] == method:
+                    ppl.setdefault(r["round"], []).append(r["ppl"])
+            assert sum(ppl[3]) < sum(ppl[0])
+    for s, b in zip(runs[("float32", 1)], runs[("float32", 4)]):
+        assert (s["method"], s["round"], s["device"]) == (b["method"], b["round"], b["device"])
+        assert b["ppl"] == pytest.approx(s["ppl"], rel=1e-3)

@@ -20,14 +20,15 @@ from simfed.learn.matching import describe_lora, device_shape
 from simfed.learn.memory import DTYPE_BYTES, memory_need
 from simfed.learn.merge_flops import mean_flops
 from simfed.learn.methods.base import (
-    Checkpointable, ClientInfo, Costs, EvalResult, LocalPlan, Method, Replicable, Split, Update,
+    Batchable, Checkpointable, ClientInfo, Costs, EvalResult, LocalPlan, Method, PendingUpdate, Replicable, Split,
+    Update, run_pending,
 )
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.federation import AdapterFederation
 from simfed.learn.spec import MethodSpec, TrainingSpec
 
 
-class AdapterMethod(Method, Costs, Checkpointable, Replicable):
+class AdapterMethod(Method, Costs, Checkpointable, Replicable, Batchable):
     """A method over one `AdapterFederation` (`self.fed`); `shared(name)` picks the tensors the
     server holds. Subclasses override what differs below (the shapes in `setup`, the merge, ...)."""
 
@@ -53,7 +54,13 @@ class AdapterMethod(Method, Costs, Checkpointable, Replicable):
         return describe_lora(self.fed.shapes[client])
 
     def local_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> Update:
-        return self.fed.local_update(client, received, plan)
+        """`begin_update` trained alone and finished: the batched path with one device."""
+        return run_pending([self.begin_update(client, received, plan)])[0]
+
+    def begin_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> PendingUpdate:
+        """The federation's update (copy in, train, upload the shared tensors); a method that does
+        more before or after the training overrides this, never `local_update`."""
+        return self.fed.begin_update(client, received, plan)
 
     def aggregate(self, updates: list[Update], round_index: int) -> None:
         """Each shared tensor ← the mean over the updates that carry it (`aggregation_weights`)."""
@@ -62,6 +69,9 @@ class AdapterMethod(Method, Costs, Checkpointable, Replicable):
 
     def evaluate(self, client: int, split: Split = "test") -> EvalResult:
         return self.fed.evaluate(client, split)
+
+    def evaluate_batch(self, clients: list[int], split: Split = "test") -> list[EvalResult]:
+        return self.fed.evaluate_many(clients, split)
 
     # --- Costs ---------------------------------------------------------------------------------
     def upload_shapes(self, client: int) -> dict[str, tuple[int, ...]]:

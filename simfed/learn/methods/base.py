@@ -3,21 +3,23 @@
 A method is plain torch code with five verbs (DESIGN.md): setup, download, local_update,
 aggregate, evaluate. What else the run glue may ask of it is a protocol the class declares by
 deriving from it: `Costs` (bytes, FLOPs and memory of a round before any training: every method
-the runner drives has it), `ShapeCosts` (those costs from the shapes alone: dry mode), `Checkpointable` (resume), `Replicable` (remote executors) and
-`MergesAsync` (FedBuff/FedAsync). Methods over an `AdapterFederation` get all the delegating
+the runner drives has it), `ShapeCosts` (those costs from the shapes alone: dry mode), `Checkpointable`
+(resume), `Replicable` (remote executors), `MergesAsync` (FedBuff/FedAsync) and `Batchable` (several
+devices' local updates trained as one batch, `executor.batch_devices`). Methods over an `AdapterFederation` get all the delegating
 defaults from `simfed.learn.methods.adapter_method.AdapterMethod`.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Callable, ClassVar, Literal
 
 import torch
 
 from simfed.data.federated import UserData
-from simfed.learn.adapters import AdapterShape
+from simfed.learn.adapters import AdaptedModel, AdapterShape
 from simfed.learn.flops import ModelDims
+from simfed.learn.local_update import LocalWork, train_devices
 from simfed.learn.spec import MethodSpec
 
 
@@ -225,3 +227,91 @@ class Replicable(ABC):
 
     def absorb_remote_outcome(self, client: int, outcome: dict) -> None:
         """On the driver: take `remote_outcome`'s value as if the update had run here."""
+
+
+@dataclass
+class PendingUpdate:
+    """A local update split at its training: `work` is what `train_devices` runs (possibly in one
+    batch with other devices' works), `finish()` — called once the work has its result — reads
+    the trained state and returns the `Update`."""
+
+    model: AdaptedModel
+    work: LocalWork
+    finish: Callable[[], Update]
+
+    def then(self, after: Callable[[Update], Update]) -> "PendingUpdate":
+        """The same work, with `after` applied to the update `finish` returns (a method's post-processing)."""
+        inner = self.finish
+        return PendingUpdate(self.model, self.work, lambda: after(inner()))
+
+
+class Batchable(ABC):
+    """A method whose local update has the seam prepare → train → finish (`begin_update`), so that
+    an executor can prepare K devices' updates, train them in one batch, then finish each.
+
+    `local_update(c, r, p)` must equal `begin_update(c, r, p)` trained alone and finished: the
+    batched path is then the sequential one with K works in `train_devices`. Preparing one
+    device's update must not read what finishing another's writes (all prepares run first)."""
+
+    @abstractmethod
+    def begin_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> PendingUpdate:
+        """Everything of `local_update` before the training, and the rest as `finish`."""
+
+    @abstractmethod
+    def evaluate_batch(self, clients: list[int], split: Split = "test") -> list[EvalResult]:
+        """`evaluate` of several clients with their forwards batched (simfed/learn/evaluate.py
+        `evaluate_many`): equal to one by one up to float rounding."""
+
+
+def run_pending(pending: list[PendingUpdate]) -> list[Update]:
+    """Train the pending updates as one batch (they share one model) and finish each, in order."""
+    if pending:
+        if len({id(p.model) for p in pending}) != 1:
+            raise ValueError("pending updates trained in one batch must share one model")
+        train_devices(pending[0].model, [p.work for p in pending])
+    return [p.finish() for p in pending]
+
+
+def _seam_below(method: Method, verb: str, seam: str) -> bool:
+    """Whether `seam` is defined at or below the class that defines `verb` (a subclass that
+    overrides `verb` alone would be bypassed by the batched path)."""
+    mro = type(method).__mro__
+    defines_verb = next(k for k in mro if verb in k.__dict__)
+    defines_seam = next(k for k in mro if seam in k.__dict__)
+    return issubclass(defines_seam, defines_verb)
+
+
+def runs_batched(method: Method) -> bool:
+    """Whether `method`'s updates may be trained in batches: it is `Batchable` and its
+    `begin_update` is defined at or below the class that defines its `local_update` (a subclass
+    that overrides `local_update` alone — a plugin, a test double — would be bypassed by the
+    batched path, so it runs one by one)."""
+    return isinstance(method, Batchable) and _seam_below(method, "local_update", "begin_update")
+
+
+def evaluate_in_batches(method: Method, clients: list[int], split: Split, batch_devices: int) -> list[EvalResult]:
+    """`method.evaluate` of `clients`, `batch_devices` at a time in one batch where the method
+    allows it (as `runs_batched`, for `evaluate` and `evaluate_batch`), else one by one."""
+    if batch_devices <= 1 or not (isinstance(method, Batchable) and _seam_below(method, "evaluate", "evaluate_batch")):
+        return [method.evaluate(c, split) for c in clients]
+    out: list[EvalResult] = []
+    for start in range(0, len(clients), batch_devices):
+        out.extend(method.evaluate_batch(clients[start : start + batch_devices], split))
+    return out
+
+
+def update_in_batches(method: Method, jobs: list[tuple[int, dict[str, torch.Tensor], LocalPlan]],
+                      batch_devices: int) -> list[Update]:
+    """The updates of (client, received, plan) jobs, in their order, trained `batch_devices` at a
+    time when the method allows it (`runs_batched`), else one by one: the same updates and client
+    states either way (to float rounding: batching changes the shapes of the frozen matmuls)."""
+    if batch_devices <= 1 or not runs_batched(method):
+        return [method.local_update(c, r, p) for c, r, p in jobs]
+    assert isinstance(method, Batchable)
+    out: list[Update] = []
+    for start in range(0, len(jobs), batch_devices):
+        group = jobs[start : start + batch_devices]
+        if len({c for c, _, _ in group}) != len(group):
+            raise ValueError("a device appears twice in one batch of local updates")
+        out.extend(run_pending([method.begin_update(c, r, p) for c, r, p in group]))
+    return out

@@ -14,7 +14,7 @@ from simfed.learn.adapters import AdaptedModel, AdapterShape
 from simfed.learn.flops import ModelDims, lora_numel
 from simfed.learn.matching import device_shape
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import ClientInfo, LocalPlan, MergesAsync, ShapeCosts, Update
+from simfed.learn.methods.base import ClientInfo, LocalPlan, MergesAsync, PendingUpdate, ShapeCosts, Update
 from simfed.learn.methods.common import expert_index, is_attention
 from simfed.learn.methods.federation import AdapterFederation
 from simfed.learn.spec import CoMiGSSpec, TrainingSpec
@@ -71,9 +71,9 @@ class CoMiGS(AdapterMethod, MergesAsync, ShapeCosts):
         server_experts = 2 if s.variant == "2g" else 1
         self.fed.setup(clients, shapes, AdapterShape(server_experts, s.rank, s.attn_rank), seed)
 
-    def local_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> Update:
+    def begin_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> PendingUpdate:
         favour_generalist(self.fed, client, self.spec.lb_form, self.spec.lb_importance)
-        return self.fed.local_update(client, received, plan)
+        return self.fed.begin_update(client, received, plan)
 
     def aggregate_async(self, updates: list[Update], bases: list[dict[str, torch.Tensor]], weights: list[float],
                         round_index: int) -> None:

@@ -16,10 +16,10 @@ import torch
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape, DeviceAdapters, copy_into
 from simfed.learn.aggregate import mean_of_carriers
-from simfed.learn.evaluate import evaluate_windows, evaluation_windows
+from simfed.learn.evaluate import evaluate_many, evaluate_windows, evaluation_windows
 from simfed.learn.flops import ModelDims, recipe_round_activation_bytes, recipe_round_flops
-from simfed.learn.local_update import ClientState, Recipe, batch_rng, new_client_state, train_locally
-from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, Split, Update
+from simfed.learn.local_update import ClientState, LocalWork, Recipe, batch_rng, new_client_state
+from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, PendingUpdate, Split, Update, run_pending
 from simfed.learn.store import ClientStore, pack_client_state, pack_states, unpack_client_state, unpack_states
 
 
@@ -99,6 +99,18 @@ class AdapterFederation:
         regulariser: Callable[[DeviceAdapters], torch.Tensor] | None = None,
         after_step: Callable[[DeviceAdapters], None] | None = None,
     ) -> Update:
+        return run_pending([self.begin_update(client, received, plan, regulariser, after_step)])[0]
+
+    def begin_update(
+        self,
+        client: int,
+        received: dict[str, torch.Tensor],
+        plan: LocalPlan,
+        regulariser: Callable[[DeviceAdapters], torch.Tensor] | None = None,
+        after_step: Callable[[DeviceAdapters], None] | None = None,
+    ) -> PendingUpdate:
+        """Copy `received` in and describe the round's training (`LocalWork`); `finish` uploads the
+        shared tensors and releases the state (simfed/learn/methods/base.py `Batchable`)."""
         state = self.store.get_or_create(client)
         copy_into(state.adapters, received)
         info = self.clients[client]
@@ -107,14 +119,18 @@ class AdapterFederation:
         def progress_at(step: int) -> float:
             return (plan.round_index * steps + step) / max(plan.total_rounds * steps, 1)
 
-        loss, n_tokens = train_locally(
-            self.model, state, info.data.train, info.data.val, self.recipe, progress_at,
-            batch_rng(plan.seed, client, plan.round_index, 0), regulariser, after_step,
-        )
-        views = state.adapters.views()
-        upload = {n: views[n].detach().clone() for n in self.shared_names(client)}
-        self.store.release(client)
-        return Update(client=client, upload=upload, n_tokens=n_tokens, train_loss=loss)
+        work = LocalWork(state, info.data.train, info.data.val, self.recipe, progress_at,
+                         batch_rng(plan.seed, client, plan.round_index, 0), regulariser, after_step)
+
+        def finish() -> Update:
+            assert work.result is not None, "finish() before the work was trained"
+            loss, n_tokens = work.result
+            views = state.adapters.views()
+            upload = {n: views[n].detach().clone() for n in self.shared_names(client)}
+            self.store.release(client)
+            return Update(client=client, upload=upload, n_tokens=n_tokens, train_loss=loss)
+
+        return PendingUpdate(self.model, work, finish)
 
     def mean_into_server(self, updates: list[Update], weights: list[float]) -> None:
         """Server tensor ← weighted mean over the updates that carry it (others keep their value)."""
@@ -149,6 +165,11 @@ class AdapterFederation:
 
     def evaluate(self, client: int, split: Split) -> EvalResult:
         return evaluate_windows(self.model, self.local_adapters(client), self.windows(client, split), self.eval_batch)
+
+    def evaluate_many(self, clients: list[int], split: Split) -> list[EvalResult]:
+        """`evaluate` of several clients, their forwards batched (simfed/learn/evaluate.py)."""
+        devices = [(self.local_adapters(c), self.windows(c, split)) for c in clients]
+        return evaluate_many(self.model, devices, self.eval_batch)
 
     def state_dict(self) -> dict:
         """The server's shared tensors and every client's state (see `Method.state_dict`)."""

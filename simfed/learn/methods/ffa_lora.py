@@ -16,7 +16,7 @@ from simfed.learn.adapters import AdaptedModel, AdapterShape
 from simfed.learn.flops import ModelDims
 from simfed.learn.local_update import ADAM_BETAS, ClientState
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import ClientInfo, LocalPlan, Update
+from simfed.learn.methods.base import ClientInfo, LocalPlan, PendingUpdate, Update
 from simfed.learn.methods.federation import torch_generator
 from simfed.learn.spec import FFALoRASpec, TrainingSpec
 from simfed.learn.store import ClientStore
@@ -74,14 +74,17 @@ class FFALoRA(AdapterMethod):
     def download(self, client: int) -> dict[str, torch.Tensor]:
         return {n: self.fed.server[n].clone() for n in self._download_names(client)}
 
-    def local_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> Update:
+    def begin_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> PendingUpdate:
         if any(is_lora_a(n) for n in received):
             self.has_a.add(client)
         elif client not in self.has_a:
             raise RuntimeError(f"FFA-LoRA: client {client} trains without ever having received the server's A")
-        update = self.fed.local_update(client, received, plan)
-        upload = {n: t for n, t in update.upload.items() if not is_lora_a(n)}
-        return Update(client, upload, update.n_tokens, update.train_loss, update.extra)
+
+        def without_a(update: Update) -> Update:
+            upload = {n: t for n, t in update.upload.items() if not is_lora_a(n)}
+            return Update(client, upload, update.n_tokens, update.train_loss, update.extra)
+
+        return self.fed.begin_update(client, received, plan).then(without_a)
 
     def remote_context(self, client: int) -> dict:
         return {"has_a": client in self.has_a}

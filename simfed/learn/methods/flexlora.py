@@ -22,7 +22,7 @@ from simfed.learn.matching import device_shape
 from simfed.learn.merge_flops import flexlora_merge_flops
 from simfed.learn.lora import rslora_scale
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import ClientInfo, LocalPlan, Update
+from simfed.learn.methods.base import ClientInfo, LocalPlan, PendingUpdate, Update
 from simfed.learn.methods.hetlora import attention_part, mlp_part, truncate_state, truncated_shapes
 from simfed.learn.spec import FlexLoRASpec, TrainingSpec
 
@@ -58,9 +58,10 @@ class FlexLoRA(AdapterMethod):
         out.update({n: t.clone() for n, t in attention_part(self.fed.server).items()})
         return out
 
-    def local_update(self, client: int, received: State, plan: LocalPlan) -> Update:
-        update = self.fed.local_update(client, received, plan)
-        return Update(client, update.upload, update.n_tokens, update.train_loss, {"rank": float(self.ranks[client])})
+    def begin_update(self, client: int, received: State, plan: LocalPlan) -> PendingUpdate:
+        rank = float(self.ranks[client])
+        return self.fed.begin_update(client, received, plan).then(
+            lambda u: Update(client, u.upload, u.n_tokens, u.train_loss, {"rank": rank}))
 
     def aggregate(self, updates: list[Update], round_index: int) -> None:
         if not updates:

@@ -26,7 +26,7 @@ from simfed.learn.flops import ModelDims, lora_numel
 from simfed.learn.matching import device_shape
 from simfed.learn.lora import StackedLoRA
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import ClientInfo, LocalPlan, MergesAsync, ShapeCosts, Update
+from simfed.learn.methods.base import ClientInfo, LocalPlan, MergesAsync, PendingUpdate, ShapeCosts, Update
 from simfed.learn.spec import HetLoRASpec, TrainingSpec
 from simfed.learn.store import pack_states, unpack_states
 
@@ -126,7 +126,7 @@ class HetLoRA(AdapterMethod, MergesAsync, ShapeCosts):
         (simfed/learn/finite.py resets a diverged device to it)."""
         return pad_state(received, self.initial_ranks[client])
 
-    def local_update(self, client: int, received: State, plan: LocalPlan) -> Update:
+    def begin_update(self, client: int, received: State, plan: LocalPlan) -> PendingUpdate:
         rank = self.ranks[client]
         self._received[client] = {k: v.clone() for k, v in received.items()}
         padded = pad_state(received, self.initial_ranks[client])
@@ -146,9 +146,12 @@ class HetLoRA(AdapterMethod, MergesAsync, ShapeCosts):
                     m.lora_A[:, rank:].zero_()
                     m.lora_B[:, :, rank:].zero_()
 
-        update = self.fed.local_update(client, padded, plan, regulariser if lam > 0 else None, keep_pruned_zero)
-        upload = truncate_state(update.upload, rank)
-        return Update(client, upload, update.n_tokens, update.train_loss, {"rank": float(rank)})
+        def truncated(update: Update) -> Update:
+            upload = truncate_state(update.upload, rank)
+            return Update(client, upload, update.n_tokens, update.train_loss, {"rank": float(rank)})
+
+        pending = self.fed.begin_update(client, padded, plan, regulariser if lam > 0 else None, keep_pruned_zero)
+        return pending.then(truncated)
 
     def aggregate(self, updates: list[Update], round_index: int) -> None:
         if not updates:

@@ -22,7 +22,7 @@ from simfed.learn.adapters import AdaptedModel, AdapterShape
 from simfed.learn.flops import round_flops
 from simfed.learn.matching import device_shape
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import ClientInfo, LocalPlan, Update
+from simfed.learn.methods.base import ClientInfo, LocalPlan, PendingUpdate
 from simfed.learn.methods.comigs import favour_generalist
 from simfed.learn.methods.common import expert_index, is_attention, recipe_for
 from simfed.learn.spec import JointMoESpec, TrainingSpec
@@ -54,9 +54,9 @@ class JointMoE(AdapterMethod):
         assert all(shape.n_experts == N_EXPERTS for shape in shapes.values())
         self.fed.setup(clients, shapes, AdapterShape(self.server_experts, s.rank, s.attn_rank), seed)
 
-    def local_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> Update:
+    def begin_update(self, client: int, received: dict[str, torch.Tensor], plan: LocalPlan) -> PendingUpdate:
         favour_generalist(self.fed, client, self.spec.lb_form, self.spec.lb_importance)
-        return self.fed.local_update(client, received, plan)
+        return self.fed.begin_update(client, received, plan)
 
     def round_flops(self, client: int) -> float:
         """Expert steps (no router phases) plus the routers' weight gradients, 2·d·E a token and layer."""

@@ -29,7 +29,7 @@ from simfed.learn.evaluate import evaluate_windows
 from simfed.learn.flops import forward_flops
 from simfed.learn.matching import describe_lora, device_shape
 from simfed.learn.methods.adapter_method import AdapterMethod
-from simfed.learn.methods.base import ClientInfo, LocalPlan, Update
+from simfed.learn.methods.base import ClientInfo, LocalPlan, PendingUpdate, Update
 from simfed.learn.methods.federation import torch_generator
 from simfed.learn.spec import PCLSpec, TrainingSpec
 from simfed.learn.store import pack_states, unpack_states
@@ -112,15 +112,19 @@ class PCL(AdapterMethod):
         copy_into(own, weighted_mean(states, weights))
         self.mixing[client] = (self.round, who, ppls, weights)
 
-    def local_update(self, client: int, received: State, plan: LocalPlan) -> Update:
+    def begin_update(self, client: int, received: State, plan: LocalPlan) -> PendingUpdate:
         if received:
             self.mix(client, split_peers(received))
-        update = self.fed.local_update(client, {}, plan)
-        upload: State = {}
-        if self.collaborates(self.round):
-            views = self.fed.local_adapters(client).views()
-            upload = {n: t.detach().clone() for n, t in views.items()}
-        return Update(client, upload, update.n_tokens, update.train_loss, update.extra)
+        collaborates = self.collaborates(self.round)
+
+        def whole_model(update: Update) -> Update:
+            upload: State = {}
+            if collaborates:
+                views = self.fed.local_adapters(client).views()
+                upload = {n: t.detach().clone() for n, t in views.items()}
+            return Update(client, upload, update.n_tokens, update.train_loss, update.extra)
+
+        return self.fed.begin_update(client, {}, plan).then(whole_model)
 
     # --- server ------------------------------------------------------------------------------
     def aggregate(self, updates: list[Update], round_index: int) -> None:
