@@ -63,9 +63,10 @@ def main() -> None:
         seconds = timed(lambda: flexlora_aggregate(ups, [1.0] * n, [1.0] * n, max(ranks)), args.repeats)
         print(f"flexlora N={n} k={sum(ranks)} model_flops {flops:.3e} measured_s {seconds:.3f} "
               f"effective_flops_per_s {flops / seconds:.3e}")
-        numel = sum(t.numel() for t in ups[0].values())
+        same = [ups[0]] * n  # a mean needs one shape (HetLoRA pads to it first)
+        numel = sum(t.numel() for t in same[0].values())
         flops = mean_flops(n, numel)
-        seconds = timed(lambda: weighted_mean(ups, [1.0] * n), args.repeats)
+        seconds = timed(lambda: weighted_mean(same, [1.0] * n), args.repeats)
         print(f"mean N={n} numel {numel} model_flops {flops:.3e} measured_s {seconds:.4f} "
               f"effective_flops_per_s {flops / seconds:.3e}")
 
