@@ -19,7 +19,7 @@ from simfed.learn.aggregate import mean_of_carriers
 from simfed.learn.evaluate import evaluate_many, evaluate_windows, evaluation_windows
 from simfed.learn.flops import ModelDims, recipe_round_activation_bytes, recipe_round_flops
 from simfed.learn.local_update import ClientState, LocalWork, Recipe, batch_rng, new_client_state
-from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, PendingUpdate, Split, Update
+from simfed.learn.methods.base import ClientInfo, EvalResult, LocalPlan, PendingUpdate, Split, Update, run_pending
 from simfed.learn.store import ClientStore, pack_client_state, pack_states, unpack_client_state, unpack_states
 
 
@@ -90,6 +90,18 @@ class AdapterFederation:
     # --- verbs -------------------------------------------------------------------------------
     def download(self, client: int) -> dict[str, torch.Tensor]:
         return {n: self.server[n].clone() for n in self.shared_names(client)}
+
+    def local_update(
+        self,
+        client: int,
+        received: dict[str, torch.Tensor],
+        plan: LocalPlan,
+        regulariser: Callable[[DeviceAdapters], torch.Tensor] | None = None,
+        after_step: Callable[[DeviceAdapters], None] | None = None,
+    ) -> Update:
+        """One device's update, trained alone: what plugins built on the federation call
+        (examples/my_method); the batched executor uses `begin_update`."""
+        return run_pending([self.begin_update(client, received, plan, regulariser, after_step)])[0]
 
     def begin_update(
         self,
