@@ -34,7 +34,7 @@ path, out, sets = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 scenario = load_scenario(path, sets)
 start = time.perf_counter()
 with ProgressView([m.name for m in scenario.methods], scenario.world.server.rounds, enabled=False) as view:
-    run = run_scenario(scenario, Path(path), Path(out), scenario.seeds, view)
+    run = run_scenario(scenario, Path(out), scenario.seeds, [view])
 wall = time.perf_counter() - start
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"run": str(run), "wall_s": wall, "rss_mb": rss}))

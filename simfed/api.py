@@ -41,16 +41,15 @@ def _scenario(scenario: Any, overrides: Sequence[str] = ()):
 
 
 def run(scenario: Any, *, out: str | Path | None = None, seeds: Sequence[int] | None = None,
-        overrides: Sequence[str] = (), progress: bool = False):
+        overrides: Sequence[str] = (), progress: bool = False, observers: Sequence[Any] = ()):
     """Run every method of `scenario` for every seed; returns a `RunResult` over the run directory.
 
     `scenario`: a YAML path, a dict of the same keys, or a `simfed.config.Scenario`; `out`: the
     root of run directories (default the scenario's output.dir); `overrides`: `--set` strings;
     `progress`: True shows `simfed run`'s view (live on a terminal, a line per round otherwise),
-    False runs silently."""
-    import io
-
-    from rich.console import Console
+    False runs silently; `observers`: objects that watch the run as it goes, each with
+    `observer(method, seed)` and `close()` (simfed/run/observers.py; the caller closes them)."""
+    from contextlib import ExitStack
 
     from simfed.report.readers import RunResult
     from simfed.run.progress import ProgressView
@@ -58,11 +57,9 @@ def run(scenario: Any, *, out: str | Path | None = None, seeds: Sequence[int] | 
 
     spec = _scenario(scenario, overrides)
     chosen = list(seeds) if seeds is not None else list(spec.seeds)
-    names = [m.name for m in spec.methods]
-    source = Path(scenario) if isinstance(scenario, (str, Path)) else Path(f"{spec.name}.yaml")
-    console = None if progress else Console(file=io.StringIO())  # silent: the view writes nowhere
-    with ProgressView(names, spec.world.server.rounds, enabled=progress, console=console) as view:
-        path = run_scenario(spec, source, Path(out) if out is not None else None, chosen, view)
+    with ExitStack() as stack:
+        view = [stack.enter_context(ProgressView([m.name for m in spec.methods], spec.world.server.rounds))] if progress else []
+        path = run_scenario(spec, Path(out) if out is not None else None, chosen, [*view, *observers])
     return RunResult(Path(path))
 
 

@@ -59,7 +59,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     resume = _resume_target(args) if args.resume else None
     if resume is not None:
         scenario = load_scenario(resume / "scenario.resolved.yaml")
-        scenario_path = resume / "scenario.resolved.yaml"
     elif not args.scenario:
         raise SimfedError("simfed run: give a scenario file (or --resume RUN_DIR)")
     else:
@@ -67,7 +66,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.seed is not None:
             overrides.append(f"seeds=[{args.seed}]")
         scenario = load_scenario(args.scenario, overrides)
-        scenario_path = Path(args.scenario)
     out_root = Path(args.out) if args.out else Path(scenario.output.dir)
 
     from simfed.run.progress import ProgressView
@@ -79,7 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with ProgressView(names, scenario.world.server.rounds, enabled=not args.quiet) as view:
         try:
             resuming = {"resume": resume} if resume is not None else {}
-            result = run_scenario(scenario, scenario_path, out_root, scenario.seeds, view, **resuming)
+            result = run_scenario(scenario, out_root, scenario.seeds, [view], **resuming)
         except KeyboardInterrupt as exc:
             run_dir = getattr(exc, "run_dir", None)
             print("interrupted" + (f"; results so far in {run_dir}" if run_dir else ""),

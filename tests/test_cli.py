@@ -81,27 +81,33 @@ def test_models(capsys):
 # ---------------------------------------------------------------- run, with a stand-in runner
 
 def fake_runner(monkeypatch, interrupt=False):
-    """A runner that writes a run directory the way the real one must, and feeds the view."""
+    """A runner that writes a run directory the way the real one must, and feeds its observers
+    (the view) the way simfed/run/observers.py says: engine events, `Evaluated`, `MethodDone`."""
+    from simfed.run.observers import Evaluated, MethodDone
+    from simfed.sim.events import SimEvent
+
     calls = {}
 
-    def run_scenario(scenario, scenario_path, out_root, seeds, view):
-        calls.update(scenario=scenario, path=scenario_path, out_root=out_root, seeds=seeds)
+    def run_scenario(scenario, out_root, seeds, observers):
+        calls.update(scenario=scenario, out_root=out_root, seeds=seeds)
         with RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds) as run:
             for method in scenario.methods:
                 for seed in seeds:
-                    view.on_method_start(method.name, seed)
+                    hears = [o.observer(method.name, seed) for o in observers]
                     for r in range(2):
-                        for e in ({"t": 10.0 * r, "kind": "round_start", "round": r, "device": None},
-                                  {"t": 10.0 * r + 5, "kind": "round_end", "round": r, "device": None}):
-                            run.log_event(method.name, seed, e)
-                            view.on_event(method.name, e)
+                        for e in (SimEvent(10.0 * r, "round_start", r), SimEvent(10.0 * r + 5, "round_end", r)):
+                            run.log_event(method.name, seed, e.to_dict())
+                            for hear in hears:
+                                hear(e)
                         run.log_evaluation(method.name, seed, r + 1, 10.0 * r + 5, 100, 200, 1.0,
                                            {0: (50.0 - r, 0.2), 1: (60.0 - r, 0.3)})
-                        view.on_metrics(method.name, r + 1, 55.0 - r, 0.25)
+                        for hear in hears:
+                            hear(Evaluated(10.0 * r + 5, r + 1, 55.0 - r, 0.25, 100, 200, 1.0))
                         if interrupt:
                             raise KeyboardInterrupt
                     run.finish_method(method.name, seed, {"rounds": 2, "dropouts": 1})
-                    view.on_method_done(method.name)
+                    for hear in hears:
+                        hear(MethodDone(15.0))
         return run.path
 
     monkeypatch.setitem(sys.modules, "simfed.run.runner",
@@ -117,7 +123,6 @@ def test_run_prints_the_run_directory_last(tmp_path, monkeypatch, capsys):
     run_dir = Path(out[-1])
     assert run_dir.parent == tmp_path / "minimal" and (run_dir / "summary.json").exists()
     assert calls["seeds"] == [3] and calls["scenario"].world.server.rounds == 2
-    assert calls["path"] == MINIMAL
     assert "seeds:\n- 3\n" in (run_dir / "scenario.resolved.yaml").read_text()
     assert any(line.startswith("comigs  round 2/2") for line in out)
     assert any("comparison" in line for line in out)

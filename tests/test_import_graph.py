@@ -46,7 +46,7 @@ def test_the_graph_is_read_from_the_sources():
     graph = import_graph()
     assert "simfed.run.runner" in graph["simfed.cli"] or any("simfed.run" in t for t in graph["simfed.cli"])
     assert "simfed.learn.methods.base" in graph["simfed.learn.methods.adapter_method"]
-    assert "simfed.sim.engine" in graph["simfed.run.runner"]
+    assert "simfed.sim.engine" in graph["simfed.run.simulate"]
 
 
 def test_simfed_has_no_import_cycle():

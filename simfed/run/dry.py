@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -46,6 +46,7 @@ from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.registry import can, kinds_with, method_class
 from simfed.learn.model_card import ModelCard, load_card
 from simfed.learn.spec import MethodSpec, TrainingSpec
+from simfed.run.observers import RunObserver
 from simfed.run.payload import element_size
 from simfed.run.results import RunDirectory
 from simfed.run.simulate import Stage, finish, method_stats, simulate
@@ -206,11 +207,12 @@ class DryWorkload:
                                     per_device={})
 
 
-def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
-    """`run_scenario` in dry mode: no model weights, no data, no federation; same outputs."""
+def run_dry(scenario: Any, out_root: Path, seeds: list[int], observers: Sequence[RunObserver] = ()) -> Path:
+    """`run_scenario` in dry mode: no model weights, no data, no federation; same outputs, the same
+    observers (no `Evaluated`: nothing is evaluated)."""
     from simfed.report.plots import plot_closed_run
     from simfed.report.targets import record_targets
-    from simfed.run.observers import close_observers, open_observers
+    from simfed.run.loggers import scenario_observers
     from simfed.run.trace import TraceWriter
 
     card = load_card(scenario.model)
@@ -220,28 +222,23 @@ def run_dry(scenario: Any, out_root: Path, seeds: list[int], view: Any) -> Path:
                for spec in scenario.methods]
     run = RunDirectory.create(out_root, scenario.name, scenario.resolved_yaml(), seeds)
     try:
-        with run, TraceWriter(run.path / "trace.json") as trace:
-            watchers = [trace, *open_observers(scenario.output.observers, run.path)]
-            try:
-                _run_dry_seeds(scenario, methods, seeds, run, view, watchers)
-            finally:
-                close_observers(watchers[1:])
+        with run, TraceWriter(run.path / "trace.json") as trace, scenario_observers(scenario, run.path) as own:
+            _run_dry_seeds(scenario, methods, seeds, run, [*observers, *own.loggers, trace, *own.plugins])
     finally:
         record_targets(run)
         plot_closed_run(run)
     return run.path
 
 
-def _run_dry_seeds(scenario: Any, methods: list[DryMethod], seeds: list[int], run: RunDirectory, view: Any,
-                   watchers: list[Any]) -> None:
+def _run_dry_seeds(scenario: Any, methods: list[DryMethod], seeds: list[int], run: RunDirectory,
+                   watchers: list[RunObserver]) -> None:
     """Every dry method for every seed: the one run loop (simfed/run/simulate.py), cost-only workload."""
     for seed in seeds:
         fleet = build_fleet(scenario.world, seed)
         for method in methods:
             name = method.spec.name
-            stage = Stage(scenario, fleet, seed, run, view)
-            view.on_method_start(name, seed)
+            stage = Stage(scenario, fleet, seed, run, tuple(w.observer(name, seed) for w in watchers))
             tally = Tally()
             workload = DryWorkload(method, fleet, scenario, seed, run, tally)
-            engine = simulate(stage, name, workload, tally, [w.observer(name, seed) for w in watchers])
-            finish(stage, name, method_stats(stage, tally, engine, {"training_calls": 0}))
+            engine = simulate(stage, name, workload, tally, stage.observers)
+            finish(stage, name, engine, method_stats(stage, tally, engine, {"training_calls": 0}))

@@ -1,24 +1,24 @@
-"""Trackers: observers of a run with the live view's interface, chosen by `output.loggers`.
+"""Trackers, the observers a scenario names in `output.loggers`, and the opening of a scenario's observers.
 
-Every observer of a run answers the four calls the runner makes on the live view
-(simfed/run/progress.py): `on_method_start(method, seed)`, `on_event(method, event_dict)`,
-`on_metrics(method, round, mean_ppl, mean_acc)` and `on_method_done(method)`, plus `close()`.
-`Fanout` hands each call to the view and to every logger, so the runner keeps talking to one
-object. `TensorBoardLogger` is the first logger; TensorBoard itself is an optional extra
-(`pip install 'simfed[tensorboard]'`).
+A tracker is a run observer like any other (simfed/run/observers.py), written as the four calls
+of `MethodCallbacks`, built as `cls(run_dir)`. `TensorBoardLogger` is the first; TensorBoard
+itself is an optional extra (`pip install 'simfed[tensorboard]'`).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 from simfed.errors import SimfedError
+from simfed.run.observers import MethodCallbacks, RunObserver, close_observers, open_observers
 from simfed.run.progress import MethodState
 
 TENSORBOARD_DIR = "tensorboard"
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(MethodCallbacks):
     """Scalars per method and seed in RUN_DIR/tensorboard/<method>/seed<seed>/ (one TensorBoard
     run each): `ppl`, `acc`, `bytes_up`, `bytes_down` against the round (`.../by_round`) and
     against simulated seconds (`.../by_sim_s`, step = whole simulated seconds; TensorBoard's
@@ -72,40 +72,21 @@ class TensorBoardLogger:
 LOGGERS = {"tensorboard": TensorBoardLogger}
 
 
-class Fanout:
-    """The live view and the loggers as one observer; other attributes are the view's."""
+@dataclass
+class ScenarioObservers:
+    """The observers a scenario names: `output.loggers` (built in: LOGGERS) and `output.observers` (plugins)."""
 
-    def __init__(self, view: Any, loggers: Sequence[Any]) -> None:
-        self.view = view
-        self.loggers = list(loggers)
-
-    def _all(self) -> list[Any]:
-        return [self.view, *self.loggers]
-
-    def on_method_start(self, method: str, seed: int | None = None) -> None:
-        for o in self._all():
-            o.on_method_start(method, seed)
-
-    def on_event(self, method: str, event_dict: Mapping[str, Any]) -> None:
-        for o in self._all():
-            o.on_event(method, event_dict)
-
-    def on_metrics(self, method: str, round: int, mean_ppl: float, mean_acc: float) -> None:
-        for o in self._all():
-            o.on_metrics(method, round, mean_ppl, mean_acc)
-
-    def on_method_done(self, method: str) -> None:
-        for o in self._all():
-            o.on_method_done(method)
-
-    def close(self) -> None:
-        """Close the loggers (the view is closed by whoever opened it)."""
-        for logger in self.loggers:
-            logger.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.view, name)
+    loggers: list[RunObserver]
+    plugins: list[RunObserver]
 
 
-def with_loggers(view: Any, names: Sequence[str], run_dir: Path) -> Fanout:
-    return Fanout(view, [LOGGERS[name](run_dir) for name in names])
+@contextmanager
+def scenario_observers(scenario: Any, run_dir: Path) -> Iterator[ScenarioObservers]:
+    """Open the scenario's loggers and observer plugins on `run_dir`; close them all however the run ends."""
+    own = ScenarioObservers([], [])
+    try:
+        own.loggers.extend(LOGGERS[name](run_dir) for name in scenario.output.loggers)
+        own.plugins.extend(open_observers(scenario.output.observers, run_dir))
+        yield own
+    finally:
+        close_observers([*own.loggers, *own.plugins])

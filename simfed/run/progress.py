@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from simfed.run.observers import MethodCallbacks
+
 REFRESH_PER_SECOND = 4  # screen redraws per second, however many events arrive
 
 
@@ -119,12 +121,13 @@ def _troubles(state: MethodState) -> str:
     return "".join("  " + p for p in parts)
 
 
-class ProgressView:
-    """Observer of a run: `with ProgressView(names, rounds, enabled) as view: ...`.
+class ProgressView(MethodCallbacks):
+    """An observer of a run: `with ProgressView(names, rounds, enabled) as view: run_scenario(..., [view])`.
 
-    The runner calls `on_method_start` (optional), `on_event` for every engine event,
-    `on_metrics` after every evaluation and `on_method_done` at the end of each method × seed.
-    `enabled=False` (or stdout not a terminal) gives plain one-line-per-round output.
+    A run observer like any other (simfed/run/observers.py), written as `MethodCallbacks`' four
+    calls: `on_method_start`, `on_event` for every engine event, `on_metrics` after every
+    evaluation and `on_method_done` at the end of each method × seed. Whoever opens it closes it
+    (the `with`). `enabled=False` (or stdout not a terminal) gives plain one-line-per-round output.
     """
 
     def __init__(self, methods: list[str], rounds: int, enabled: bool = True,

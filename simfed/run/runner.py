@@ -17,7 +17,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -40,9 +40,9 @@ from simfed.run.checkpoint import Checkpoints, MethodCheckpoint, ResumeError
 from simfed.run.divergence import method_status
 from simfed.run.dry import run_dry
 from simfed.run.environment import run_environment
-from simfed.run.loggers import with_loggers
 from simfed.run.executor import LocalExecutor, make_executor
-from simfed.run.observers import RunObserver, close_observers, open_observers
+from simfed.run.loggers import scenario_observers
+from simfed.run.observers import Hear, RunObserver
 from simfed.run.replay import Handover, Replay
 from simfed.run.results import RunDirectory
 from simfed.run.saved_models import ModelSaver
@@ -50,7 +50,6 @@ from simfed.run.simulate import Stage, finish, method_stats, simulate
 from simfed.run.trace import TraceWriter, read_events
 from simfed.run.workload import Evaluation, MethodWorkload
 from simfed.sim.accounting import Tally
-from simfed.sim.engine import Observer
 from simfed.sim.fleet import DeviceProfile, build_fleet
 
 
@@ -126,22 +125,24 @@ class Session:
     run: RunDirectory
     checkpoints: Checkpoints
     executor: Any  # simfed/run/executor.py
-    view: Any
-    watchers: list[RunObserver]  # the trace writer and the scenario's observer plugins
+    watchers: list[RunObserver]  # the caller's (the live view), the loggers, the trace writer, the plugins
 
 
-def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None, seeds: list[int], view: Any,
-                 resume: Path | None = None) -> Path:
+def run_scenario(scenario: Scenario, out_root: Path | None, seeds: list[int],
+                 observers: Sequence[RunObserver] = (), resume: Path | None = None) -> Path:
     """Run every method of `scenario` for every seed; returns the run directory.
 
+    `observers` (the caller's, e.g. the live view of simfed/run/progress.py) hear the run beside
+    the scenario's own: its `output.loggers`, the trace writer and its `output.observers`
+    (simfed/run/observers.py). The caller closes its observers; the run closes its own.
     With `resume` (a run directory of this scenario, see simfed/run/checkpoint.py), go on from its
     last checkpoint: finished method/seed pairs are skipped, the interrupted one continues from its
-    last completed round, the rest run as usual. (`scenario_path` is unused: kept for callers.)"""
+    last completed round, the rest run as usual."""
     out_root = Path(out_root or scenario.output.dir)
     if scenario.training.dry:  # systems only: no weights, no data, no training (simfed/run/dry.py)
         if resume is not None:
             raise ResumeError("dry runs are not checkpointed (they take seconds): run the scenario again")
-        return run_dry(scenario, out_root, seeds, view)
+        return run_dry(scenario, out_root, seeds, observers)
     if scenario.training.threads:
         torch.set_num_threads(scenario.training.threads)
     card = load_card(scenario.model)
@@ -157,19 +158,15 @@ def run_scenario(scenario: Scenario, scenario_path: Path, out_root: Path | None,
     if choice is not None:
         run.environment["precision_choice"] = choice.reason
     run.write_summary()
-    view = with_loggers(view, scenario.output.loggers, run.path)  # output.loggers beside the live view
     executor = make_executor(scenario.executor, card, training)
     try:
-        with run, TraceWriter(run.path / "trace.json") as trace, _closing(executor), _closing(view):
+        with run, TraceWriter(run.path / "trace.json") as trace, _closing(executor):
             if resume is not None:  # the timeline so far, redrawn from the events kept
                 trace.add_events(read_events(run.path))
-            observers = open_observers(scenario.output.observers, run.path)
-            session = Session(scenario, model, run, checkpoints, executor, view, [trace, *observers])
-            try:
+            with scenario_observers(scenario, run.path) as own:
+                session = Session(scenario, model, run, checkpoints, executor, [*observers, *own.loggers, trace, *own.plugins])
                 for seed in seeds:
                     run_seed(session, seed)
-            finally:
-                close_observers(observers)
     finally:
         record_targets(run)  # however the run ended, from the files it closed
         plot_closed_run(run)
@@ -200,7 +197,7 @@ def run_seed(session: Session, seed: int) -> None:
             if pretrained is None:
                 pretrained = evaluate_pretrained(session.model, users, training.seq_len, training.eval_windows)
         try:
-            run_method(scenario, method, seed, fleet, pretrained, session.run, session.view,
+            run_method(scenario, method, seed, fleet, pretrained, session.run,
                        [w.observer(spec.name, seed) for w in session.watchers],
                        checkpoint=saved if isinstance(method, Checkpointable) else None, executor=session.executor)
         finally:
@@ -211,30 +208,29 @@ def run_seed(session: Session, seed: int) -> None:
 
 def run_method(
     scenario: Scenario, method: Method, seed: int, fleet: list[DeviceProfile],
-    pretrained: Evaluation | None, run: RunDirectory, view: Any, observers: list[Observer] = (),
+    pretrained: Evaluation | None, run: RunDirectory, observers: Sequence[Hear] = (),
     checkpoint: MethodCheckpoint | None = None, executor: Any = None,
 ) -> MethodWorkload:
-    """Run one method for one seed. With a `checkpoint` (simfed/run/checkpoint.py) the costs are
+    """Run one method for one seed; `observers` hear its events (simfed/run/observers.py). With a `checkpoint` (simfed/run/checkpoint.py) the costs are
     logged and the state saved at every round end; if it holds a saved round, the run resumes
     there: a `Replay` drives the engine through the rounds before it without real work or output,
     then hands it over to the live workload (simfed/run/replay.py)."""
-    stage = Stage(scenario, fleet, seed, run, view)
-    view.on_method_start(method.name, seed)
+    stage = Stage(scenario, fleet, seed, run, tuple(observers))
     tally = Tally()
     if executor is None:  # a caller that runs one method by itself: in process
         executor = LocalExecutor()
         executor.bind(method, 0, [], seed)
-    live = MethodWorkload(method, scenario, seed, run, tally, view, executor, n_clients=len(fleet), checkpoint=checkpoint)
+    live = MethodWorkload(method, scenario, seed, run, tally, stage.observers, executor, n_clients=len(fleet), checkpoint=checkpoint)
     if checkpoint is not None and checkpoint.round is not None:
         replay = Replay(checkpoint.load(method), live)
         replay.check_world(scenario.world, f"{method.name} seed {seed}")  # simfed/run/replay_check.py
         handover = Handover(replay, live)
-        engine = simulate(stage, method.name, handover, tally, [live.on_event, *observers], handover.unless_replaying)
+        engine = simulate(stage, method.name, handover, tally, [live.on_event, *stage.observers], handover.unless_replaying)
         if handover.replaying:  # the engine ended before the checkpointed round did
             raise ResumeError(f"resume: {method.name} seed {seed}: the replay never reached round {replay.round}")
     else:
         live.log(0, 0.0, pretrained)
-        engine = simulate(stage, method.name, live, tally, [live.on_event, *observers])
+        engine = simulate(stage, method.name, live, tally, [live.on_event, *stage.observers])
     ModelSaver(scenario.output.save_models, run.path).on_method_end(method, seed, len(fleet))
     counts = {
         "training_calls": live.training_calls,
@@ -244,5 +240,5 @@ def run_method(
         "status": method_status(tally.diverged, tally.updates_aggregated),  # simfed/run/divergence.py
     }
     stats = method_stats(stage, tally, engine, counts, setting=method_setting(method, len(fleet)))
-    finish(stage, method.name, stats, method.measured_model)
+    finish(stage, method.name, engine, stats, method.measured_model)
     return live

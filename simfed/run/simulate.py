@@ -2,9 +2,9 @@
 
 A real run (simfed/run/runner.py: the live workload, or a resume's `Handover`) and a dry one
 (simfed/run/dry.py: costs only) differ only in the workload they hand the engine. Everything
-around it is written here once: the view hears the method start and end, every event goes to
-events.jsonl, the view and the run's observers (the trace, plugins), the tally counts, and the
-method's summary.json entry is written from the tally.
+around it is written here once: every event goes to events.jsonl and the run's observers (the
+live view, the loggers, the trace, plugins: simfed/run/observers.py), the tally counts, the
+method's summary.json entry is written from the tally, and the observers hear it is done.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from simfed.config import Scenario
+from simfed.run.observers import Hear, MethodDone
 from simfed.run.results import RunDirectory
 from simfed.sim.accounting import Tally
 from simfed.sim.engine import Engine, Observer
@@ -28,20 +29,18 @@ class Stage:
     fleet: list[DeviceProfile]
     seed: int
     run: RunDirectory
-    view: Any  # simfed/run/progress.py's interface (on_method_start, on_event, on_metrics, on_method_done)
+    observers: tuple[Hear, ...] = ()  # the run's observers of this method/seed (simfed/run/observers.py)
 
 
 def simulate(stage: Stage, name: str, workload: Workload, tally: Tally, observers: Sequence[Observer],
              quiet: Callable[[Observer], Observer] = lambda observe: observe) -> Engine:
     """Run the engine over `workload`; returns it once the run stopped (its `excluded`, `sim_time_s`).
 
-    Every event reaches the tally, then events.jsonl and the view, then `observers`; those two are
-    wrapped by `quiet` (a resume's replay silences them: simfed/run/replay.py)."""
+    Every event reaches the tally, then events.jsonl, then `observers`; those two are wrapped by
+    `quiet` (a resume's replay silences them: simfed/run/replay.py)."""
 
     def record(event: SimEvent) -> None:
-        data = event.to_dict()
-        stage.run.log_event(name, stage.seed, data)
-        stage.view.on_event(name, data)
+        stage.run.log_event(name, stage.seed, event.to_dict())
 
     watchers = [quiet(observe) for observe in (record, *observers)]
     engine = Engine(stage.scenario.world, stage.fleet, workload, stage.seed, observers=[tally, *watchers])
@@ -61,7 +60,9 @@ def method_stats(stage: Stage, tally: Tally, engine: Engine, counts: dict[str, A
     return stats
 
 
-def finish(stage: Stage, name: str, stats: dict[str, Any], measured_model: str | None = None) -> None:
-    """The method/seed is done: its summary entry written, the view told."""
+def finish(stage: Stage, name: str, engine: Engine, stats: dict[str, Any], measured_model: str | None = None) -> None:
+    """The method/seed is done: its summary entry written, its observers told (`MethodDone`)."""
     stage.run.finish_method(name, stage.seed, stats, measured_model=measured_model)
-    stage.view.on_method_done(name)
+    done = MethodDone(engine.sim_time_s)
+    for hear in stage.observers:
+        hear(done)

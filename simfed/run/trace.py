@@ -19,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from simfed.run.observers import RUN_EVENT_KINDS
+
 US = 1_000_000  # microseconds per second
 SERVER_TID = 0
 PHASES = ("download", "compute", "upload")
@@ -54,6 +56,8 @@ class TraceWriter:
 
         def observe(event: Any) -> None:
             data = _event_dict(event)
+            if data["kind"] in RUN_EVENT_KINDS:  # the run's own (evaluations, the end): not on the timeline
+                return
             track.add(data)
             if data["kind"] == "round_end":
                 self.flush()

@@ -15,7 +15,7 @@ its checkpointed round, which then restores the `InFlight` here and hands the en
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
@@ -24,6 +24,7 @@ from simfed.learn.methods.base import LocalPlan, Method, Update, evaluate_in_bat
 from simfed.learn.survival import surviving_share
 from simfed.run.divergence import DivergenceGuard
 from simfed.run.executor import Job
+from simfed.run.observers import Evaluated, Hear
 from simfed.run.payload import payload_bytes, shapes_bytes, travel
 from simfed.run.results import RunDirectory
 from simfed.run.saved_models import ModelSaver
@@ -85,7 +86,7 @@ class MethodWorkload:
     seed: int
     run: RunDirectory
     tally: Tally
-    view: Any
+    observers: Sequence[Hear]  # the run's observers of this method/seed: each hears an `Evaluated` after an evaluation
     executor: Any  # simfed/run/executor.py, bound to `method`
     n_clients: int = 0
     checkpoint: CheckpointSink | None = None  # costs logged, state saved at every round end (resume)
@@ -242,7 +243,9 @@ class MethodWorkload:
             self.method.name, self.seed, round_done, sim_time_s, t.bytes_up, t.bytes_down, t.energy_j,
             per_device=evaluation.per_device,
         )
-        self.view.on_metrics(self.method.name, round_done, row["ppl"], row["acc"])
+        heard = Evaluated(sim_time_s, round_done, row["ppl"], row["acc"], t.bytes_up, t.bytes_down, t.energy_j)
+        for hear in self.observers:
+            hear(heard)
         if self.scenario.training.save_routing:  # opt-in analysis: per-layer routing weights
             from simfed.learn.routing import ROUTING_FILE, record_routing
             record_routing(self.run.path / ROUTING_FILE, self.method, self.seed, round_done, self.n_clients)

@@ -27,7 +27,7 @@ def run_text() -> RunText:
         extra = {"resume": resume} if resume is not None else {}
         names = [m.name for m in scenario.methods]
         with ProgressView(names, scenario.world.server.rounds, enabled=False) as view:
-            return Path(runner.run_scenario(scenario, path, out_root, scenario.seeds, view, **extra))
+            return Path(runner.run_scenario(scenario, out_root, scenario.seeds, [view], **extra))
 
     return run
 

@@ -81,3 +81,47 @@ def test_a_wrong_key_in_a_dict_names_the_key(tmp_path: Path) -> None:
         simfed.run(doc, out=tmp_path)
     with pytest.raises(SimfedError, match="not a run directory"):
         simfed.load_run(tmp_path)
+
+
+class Recorder:
+    """An observer written from the protocol alone (not from simfed's base class): it keeps what it hears."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, int, object]] = []
+        self.closed = False
+
+    def observer(self, method: str, seed: int):
+        return lambda event: self.heard.append((method, seed, event))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_an_observer_hears_the_engine_then_each_evaluation_then_the_end(tmp_path: Path) -> None:
+    """What the live view relies on, for any observer: every engine event of events.jsonl, an
+    evaluation per metrics.csv mean row right after the round_end it follows (round 0 first), and
+    one end; the run does not close an observer its caller passed."""
+    from simfed.run.observers import Evaluated, MethodDone
+    from simfed.sim.events import SimEvent
+
+    recorder = Recorder()
+    result = simfed.run(yaml.safe_load(SCENARIO.format(cache=tmp_path / "cache")), out=tmp_path / "api",
+                        observers=[recorder])
+    assert not recorder.closed
+    events = [json.loads(line) for line in (result.path / "events.jsonl").read_text().splitlines()]
+    means = [row for row in result.metrics.to_dict("records") if row["device"] == "mean"]
+    for method in ("fedavg", "comigs"):
+        heard = [e for m, seed, e in recorder.heard if m == method and seed == 0]
+        assert [e.to_dict() for e in heard if isinstance(e, SimEvent)] == \
+            [{k: v for k, v in e.items() if k not in ("method", "seed")} for e in events if e["method"] == method]
+        evaluated = [e for e in heard if isinstance(e, Evaluated)]
+        rows = [r for r in means if r["method"] == method]
+        assert [(e.rounds_done, e.t, e.bytes_up, e.bytes_down) for e in evaluated] == \
+            [(r["round"], r["sim_time_s"], r["bytes_up"], r["bytes_down"]) for r in rows]
+        assert [e.ppl for e in evaluated] == pytest.approx([r["ppl"] for r in rows], rel=1e-12)
+        assert [e.energy_j for e in evaluated] == pytest.approx([r["energy_j"] for r in rows], rel=1e-9)
+        assert heard[0] == evaluated[0] and evaluated[0].rounds_done == 0  # the pretrained model, first
+        for e in evaluated[1:]:  # right after the round_end of the round it follows
+            before = heard[heard.index(e) - 1]
+            assert before.kind == "round_end" and before.round == e.rounds_done - 1 and before.t == e.t
+        assert isinstance(heard[-1], MethodDone) and sum(isinstance(e, MethodDone) for e in heard) == 1

@@ -130,7 +130,7 @@ def test_a_dry_run_writes_events_and_summary_and_trains_nothing(tmp_path: Path, 
     path.write_text(SCENARIO.format(cache=tmp_path / "cache"))
     scenario = load_scenario(path)
     with ProgressView([m.name for m in scenario.methods], 5, enabled=False) as view:
-        run = Path(runner.run_scenario(scenario, path, tmp_path / "runs", scenario.seeds, view))
+        run = Path(runner.run_scenario(scenario, tmp_path / "runs", scenario.seeds, [view]))
     summary = json.loads((run / "summary.json").read_text())
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     assert (run / "trace.json").exists()
@@ -173,7 +173,7 @@ world:
 """)
     scenario = load_scenario(path)
     with ProgressView(["comigs"], 2, enabled=False) as view:
-        run = Path(run_scenario(scenario, path, tmp_path / "runs", scenario.seeds, view))
+        run = Path(run_scenario(scenario, tmp_path / "runs", scenario.seeds, [view]))
     summary = json.loads((run / "summary.json").read_text())
     entry = summary["methods"]["comigs"]
     entry = entry.get("0", entry)

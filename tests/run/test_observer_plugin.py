@@ -21,7 +21,7 @@ def test_round_log_gets_every_round_end_of_a_dry_run(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLE))
     scenario = load_scenario(SMOKE, ["training.dry=true", 'output.observers=["my_method.observers:RoundLog"]'])
     with ProgressView([m.name for m in scenario.methods], 4, enabled=False) as view:
-        run = Path(runner.run_scenario(scenario, SMOKE, tmp_path, scenario.seeds, view))
+        run = Path(runner.run_scenario(scenario, tmp_path, scenario.seeds, [view]))
     logged = [line.split("\t") for line in (run / "rounds.tsv").read_text().splitlines()]
     events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
     ends = [(e["method"], str(e["seed"]), str(e["round"])) for e in events if e["kind"] == "round_end"]

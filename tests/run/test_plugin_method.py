@@ -21,7 +21,7 @@ def plugin_run(tmp_path_factory) -> Path:
         mp.syspath_prepend(str(EXAMPLE))
         scenario = load_scenario(EXAMPLE / "scenario.yaml", [f"data.cache_dir={tmp / 'cache'}", "world.server.rounds=2"])
         with ProgressView([m.name for m in scenario.methods], 2, enabled=False) as view:
-            return Path(runner.run_scenario(scenario, EXAMPLE / "scenario.yaml", tmp / "runs", scenario.seeds, view))
+            return Path(runner.run_scenario(scenario, tmp / "runs", scenario.seeds, [view]))
 
 
 def _by_method(run: Path) -> dict[str, list[dict]]:
