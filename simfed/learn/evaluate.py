@@ -97,9 +97,9 @@ def evaluate_many(
             chunks = [_chunk(devices[i][1], start, batch_size, model.device) for i in members]
             ids = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
             with model.using_rows([devices[i][0] for i in members]):
-                logits = model.logits(ids[:, :-1])
+                logits = model.device_logits(ids[:, :-1], len(members))  # each device's own
                 for k, i in enumerate(members):
-                    tallies[i].add(logits[k * n : (k + 1) * n], ids[k * n : (k + 1) * n, 1:])
+                    tallies[i].add(logits[k], ids[k * n : (k + 1) * n, 1:])
     return [t.result() for t in tallies]
 
 

@@ -269,15 +269,13 @@ def train_devices(model: AdaptedModel, works: list[LocalWork]) -> None:
             opts = [_prepare_step(r, r.steps[i]) for r in active]
             rows = [r.windows[i] for r in active]
             windows = rows[0] if len(rows) == 1 else torch.cat(rows)
-            per = rows[0].shape[0]
             with model.using_rows([r.work.state.adapters for r in active]):
-                logits = model.logits(windows[:, :-1])
-                targets = windows[:, 1:]
+                # each device's logits by itself (`device_logits`: never the whole batch's, nor
+                # slices of it, whose backward would write K zero tensors of its size)
+                logits = model.device_logits(windows[:, :-1], len(active))
                 total = None
-                for k, r in enumerate(active):
-                    sl = slice(k * per, (k + 1) * per)
-                    own = (logits, targets) if len(active) == 1 else (logits[sl], targets[sl])
-                    term = _step_loss(r, r.steps[i], *own)
+                for r, own, targets in zip(active, logits, windows[:, 1:].split(rows[0].shape[0])):
+                    term = _step_loss(r, r.steps[i], own, targets)
                     total = term if total is None else total + term
                 total.backward()
             for r, opt in zip(active, opts):

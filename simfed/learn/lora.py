@@ -351,15 +351,19 @@ class MixtureMLP(nn.Module):
         if all(bank is not None and bank.n_experts == 1 for bank in rows.banks):
             return self._single_lora_rows(x, rows)
         bases = [getattr(self.mlp, name)(x) for name in self.up_names]  # each (K·b, T, d_ff)
+        # per-device views by `split`, not by slicing: a slice's backward writes a zero tensor of
+        # the whole batch's size (K of them a site), split's backward concatenates once
+        x_parts = x.split(per)
+        base_parts = [base.split(per) for base in bases]
         mixed_parts, delta_parts = [], []
         for k, bank in enumerate(rows.banks):
-            sl = slice(k * per, (k + 1) * per)
-            own = [base[sl] for base in bases]
+            own = [parts[k] for parts in base_parts]
             if bank is None:  # the plain MLP on this device's rows
                 mixed_parts.append(self.activation(own[0]) * own[1] if self.gated else self.activation(own[0]))
                 delta_parts.append(None)
                 continue
-            parts = self._grouped(x[sl], bank, own) if self.grouped_for(bank) else self._dense(x[sl], bank, own)
+            parts = (self._grouped(x_parts[k], bank, own) if self.grouped_for(bank)
+                     else self._dense(x_parts[k], bank, own))
             mixed_parts.append(parts[0])
             delta_parts.append(parts[1])
         out = getattr(self.mlp, self.down_name)(torch.cat(mixed_parts))  # (K·b, T, d_out)

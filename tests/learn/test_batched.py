@@ -215,10 +215,17 @@ SHAPES = [AdapterShape(1, 4, 4), AdapterShape(2, 4, 4), AdapterShape(3, 4, 8), A
 SINGLE = [AdapterShape(1, 4, 8), AdapterShape(1, 16, 8), AdapterShape(1, 12, 0)]
 
 
+@pytest.mark.parametrize("head", ["per_device", "whole"])
 @pytest.mark.parametrize("shapes", [SHAPES, SINGLE], ids=["mixtures", "single_lora"])
 @pytest.mark.parametrize("card", ["tiny-gpt2", "tiny-llama"])
-def test_one_batched_step_gives_every_device_its_own_loss_and_gradients(request, card, shapes):
-    """Σ_k loss_k backward in one batch: each device's loss and gradients are those it gets alone."""
+def test_one_batched_step_gives_every_device_its_own_loss_and_gradients(request, monkeypatch, card, shapes, head):
+    """Σ_k loss_k backward in one batch: each device's loss and gradients are those it gets alone,
+    with the LM head run per device (`device_logits` on a plain-head model type) and with the
+    whole batch's logits split (the way for any other model type)."""
+    from simfed.learn import adapters as adapters_module
+
+    if head == "whole":
+        monkeypatch.setattr(adapters_module, "PLAIN_HEAD", frozenset())
     model = request.getfixturevalue(card.replace("-", "_"))
     devices = []
     for i, shape in enumerate(shapes):
@@ -241,8 +248,8 @@ def test_one_batched_step_gives_every_device_its_own_loss_and_gradients(request,
         adapters.zero_grad(set_to_none=True)
     batch = torch.cat(ids)
     with model.using_rows(devices):
-        logits = model.logits(batch[:, :-1])
-        losses = [objective(a, logits[2 * k : 2 * k + 2], ids[k]) for k, a in enumerate(devices)]
+        logits = model.device_logits(batch[:, :-1], len(devices))
+        losses = [objective(a, logits[k], ids[k]) for k, a in enumerate(devices)]
     torch.stack(losses).sum().backward()
     for (loss, grads), batched_loss, adapters in zip(alone, losses, devices):
         assert batched_loss.item() == pytest.approx(loss, rel=1e-6)
