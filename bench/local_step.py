@@ -2,7 +2,8 @@
 
 Same tokens (batch 4 × 128, fixed seed), same AdamW (β 0.9/0.95, wd 0.01, lr 2e-3), two threads.
 CoMiGS-1G(E-1)S: E MLP experts of rank 8 (top-2 router) + rank-8 attention LoRA, attached through
-`AdaptedModel`, loss = CE + 0.01·LB; `--experts 2 4` measures 1G1S and 1G3S. `--compute` picks the
+`AdaptedModel`, loss = CE + 0.01·LB; `--experts 2 4` measures 1G1S and 1G3S; `--fuse` adds each shape
+with `training.fuse_mixture` (its compile happens in the warm-up steps). `--compute` picks the
 host's expert path (simfed/learn/lora.py MixtureMLP): `dense` runs all E experts on every token
 (the only path before top-k compute), `grouped` only each token's top-2, `auto` = grouped when
 E > 2. peft: LoraConfig(r=8, alpha 16, rsLoRA) on q,k,v,o,gate,up,down of a fresh copy of the base
@@ -37,7 +38,7 @@ BATCH, SEQ_LEN, RANK, LR, WD, LB_LAMBDA = 4, 128, 8, 2e-3, 0.01, 0.01
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def comigs_step_fn(model: AdaptedModel, ids: torch.Tensor, n_experts: int, compute: str):
+def comigs_step_fn(model: AdaptedModel, ids: torch.Tensor, n_experts: int, compute: str, fused: bool = False):
     shape = AdapterShape(n_experts=n_experts, mlp_rank=RANK, attn_rank=RANK)
     adapters = model.new_adapters(shape, torch.Generator().manual_seed(0))
     params = adapters.expert_parameters()
@@ -48,7 +49,7 @@ def comigs_step_fn(model: AdaptedModel, ids: torch.Tensor, n_experts: int, compu
 
     def step() -> float:
         for site in model.mlp_sites:
-            site.compute = compute
+            site.compute, site.fused = compute, fused
         with model.using(adapters):  # attached, under the model's autocast (if any)
             loss = next_token_loss(model, ids)
             lb = adapters.load_balancing_loss()
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--experts", type=int, nargs="+", default=[2], help="CoMiGS expert counts E (top-2)")
     parser.add_argument("--compute", nargs="+", default=["auto"], choices=["auto", "dense", "grouped"],
                         help="host expert paths to time (MixtureMLP.compute)")
+    parser.add_argument("--fuse", action="store_true",
+                        help="also time each CoMiGS shape with training.fuse_mixture (MixtureMLP._fused_mix, torch.compile)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
                         help="bfloat16: autocast for both steps (adapters and AdamW stay fp32)")
@@ -114,8 +117,9 @@ def main() -> None:
     steps, shapes = {}, {}
     for e in args.experts:
         for compute in args.compute:
-            label = f"comigs_1g{e - 1}s_{compute}" if e > 1 else f"comigs_e1_{compute}"
-            steps[label], shapes[label] = comigs_step_fn(model, ids, e, compute)
+            for fused in ([False, True] if args.fuse else [False]):
+                label = (f"comigs_1g{e - 1}s_{compute}" if e > 1 else f"comigs_e1_{compute}") + ("_fused" if fused else "")
+                steps[label], shapes[label] = comigs_step_fn(model, ids, e, compute, fused)
     peft, peft_params = peft_step_fn(card, ids, autocast)
     steps["peft_lora"], shapes["peft_lora"] = peft, AdapterShape(1, RANK, RANK)
     for _ in range(args.warmup):

@@ -134,7 +134,7 @@ class AdaptedModel:
     """The frozen base model with LoRA wrappers installed; devices' adapters attach to it."""
 
     def __init__(self, base: BaseModel, autocast: torch.dtype | None = None,
-                 expert_compute: ExpertCompute = "auto") -> None:
+                 expert_compute: ExpertCompute = "auto", fuse_mixture: bool = False) -> None:
         self.base = base
         # mixed precision for every forward/backward with adapters attached (training, routers,
         # evaluation): matmuls in `autocast` (bf16 on a GPU), weights, adapters and AdamW in fp32
@@ -160,6 +160,7 @@ class AdaptedModel:
                 mlp = MixtureMLP(mlp, card.mlp.up, card.mlp.down, card.mlp.gated, act, drop)
                 _set(layer, card.mlp.module, mlp)
             mlp.compute = expert_compute  # dense or grouped (top-k only) expert work: see MixtureMLP
+            mlp.fused = fuse_mixture  # the dense path's element-wise work compiled: MixtureMLP._fused_mix
             self.mlp_sites.append(mlp)
         if len(card.mlp.up) != (2 if card.mlp.gated else 1):
             raise ModelCardError(f"model card '{card.name}': a gated MLP needs two 'up' linears, a plain one needs one")

@@ -31,11 +31,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def load_adapted_model(card: ModelCard, device_choice: str, precision: str,
-                       expert_compute: str = "auto") -> AdaptedModel:
+                       expert_compute: str = "auto", fuse_mixture: bool = False) -> AdaptedModel:
     """The frozen base model of `card` on the run's device, wrapped for adapters at the run's
-    precision, its mixtures run as `expert_compute` says (simfed/learn/lora.py MixtureMLP)."""
+    precision, its mixtures run as `expert_compute` and `fuse_mixture` say (simfed/learn/lora.py MixtureMLP)."""
     device = pick_device(device_choice)
-    return AdaptedModel(load_base_model(card, device), autocast_dtype(precision, device), expert_compute)
+    return AdaptedModel(load_base_model(card, device), autocast_dtype(precision, device), expert_compute, fuse_mixture)
 
 
 def settle_cpu_precision(model: AdaptedModel, training) -> PrecisionChoice | None:

@@ -12,6 +12,7 @@ own state dict and parameter list never contain a device's tensors.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -309,6 +310,7 @@ class MixtureMLP(nn.Module):
         self.activation = activation
         self.dropout = dropout
         self.compute: ExpertCompute = compute
+        self.fused = False  # the dense path's element-wise work compiled (`_fused_mix`)
         self.up_dims = [linear_dims(getattr(mlp, n)) for n in up_names]
         self.down_dims = linear_dims(getattr(mlp, down_name))
         object.__setattr__(self, "bank", None)
@@ -394,15 +396,31 @@ class MixtureMLP(nn.Module):
         when the caller computed them already (a batch of devices); else computed here."""
         if bases is None:
             bases = [getattr(self.mlp, name)(x) for name in self.up_names]
-        ups = [base.unsqueeze(0) + lora.delta_shared_input(x) for base, lora in zip(bases, bank.ups)]
-        # each (E, B, T, d_ff)
-        hidden = self.activation(ups[0]) * ups[1] if self.gated else self.activation(ups[0])
+        deltas = [lora.delta_shared_input(x) for lora in bank.ups]  # each (E, B, T, d_ff)
         weights = bank.route(x)  # (B, T, E)
-        if hidden.shape[0] == 1:  # one expert: its weight is 1
-            mixed = hidden[0]
-        else:
-            mixed = (hidden * weights.permute(2, 0, 1).unsqueeze(-1)).sum(0)
+        mix = self._fused_mix if self.fused and deltas[0].shape[0] > 1 else self._mix
+        mixed, hidden = mix(bases, deltas, weights)
         return mixed, bank.down.mixed_delta_per_expert(hidden, weights)
+
+    def _mix(self, bases: list[torch.Tensor], deltas: list[torch.Tensor],
+             weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dense path's element-wise work: each expert's hidden h_e = act(W_g x + Δ_g,e) ⊙ (W_u x + Δ_u,e)
+        (E, B, T, d_ff), and Σ_e w_e h_e (B, T, d_ff)."""
+        ups = [base.unsqueeze(0) + delta for base, delta in zip(bases, deltas)]
+        hidden = self.activation(ups[0]) * ups[1] if self.gated else self.activation(ups[0])
+        if hidden.shape[0] == 1:  # one expert: its weight is 1
+            return hidden[0], hidden
+        return (hidden * weights.permute(2, 0, 1).unsqueeze(-1)).sum(0), hidden
+
+    @functools.cached_property
+    def _fused_mix(self) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+        """`_mix` compiled (`training.fuse_mixture`): torch.compile fuses the adds, the activation,
+        the product and the weighted sum into a few loops, forward and backward, instead of one
+        full pass over (E, B, T, d_ff) memory each. The same arithmetic: the forward measured
+        bit-identical on a CPU, the gradients to ~1e-7 relative (a fused activation's derivative
+        and the sum over experts round in another order), so it is opted into, never the
+        default. Compiled once a site's first call (seconds), again for a new shape."""
+        return torch.compile(self._mix, dynamic=False)
 
     def _grouped(self, x: torch.Tensor, bank: ExpertBank,
                  bases: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
