@@ -8,9 +8,12 @@ one after the other in fresh processes:
 and prints one line per figure: wall seconds and peak RSS of the run (the driver and, for Ray, the
 sum of its workers' peaks is not visible to getrusage: the driver's own peak is printed), the
 speedup of ray over local-tN, and whether ray's metrics.csv equals local-t1's byte for byte.
+`--batch-devices K` adds local-tN-batchK (executor.batch_devices K: a flush's updates in one
+batched step): its wall time, peak RSS, speedup over local-tN and its metrics' largest relative
+difference from local-tN's (equal to float rounding, not bit for bit); `--no-ray` leaves ray out.
 
     .venv/bin/python bench/executor.py [--scenario scenarios/phones_mixed.yaml] [--rounds 2]
-                                       [--workers 2] [--threads 2]
+                                       [--workers 2] [--threads 2] [--batch-devices 8] [--no-ray]
 
 Needs an otherwise idle machine (two torch processes on two cores slow each other 3-5x).
 """
@@ -49,19 +52,38 @@ def run_once(scenario: str, out: Path, sets: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def largest_difference(a: bytes, b: bytes) -> float:
+    """The largest relative difference of two metrics.csv's ppl and acc columns (same rows)."""
+    import io
+
+    import pandas as pd
+
+    x, y = pd.read_csv(io.BytesIO(a)), pd.read_csv(io.BytesIO(b))
+    if len(x) != len(y):
+        return float("inf")
+    return float(max(((x[c] - y[c]).abs() / y[c].abs()).max() for c in ("ppl", "acc")))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--scenario", default="scenarios/phones_mixed.yaml")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch-devices", type=int, default=0, help="also run local-tN with executor.batch_devices K")
+    p.add_argument("--no-ray", action="store_true")
     args = p.parse_args()
     common = [f"world.server.rounds={args.rounds}"]
     configs = {
         "local-t1": [*common, "training.threads=1", "executor.kind=local"],
         f"local-t{args.threads}": [*common, f"training.threads={args.threads}", "executor.kind=local"],
-        f"ray-{args.workers}": [*common, "training.threads=1", "executor.kind=ray", f"executor.workers={args.workers}"],
     }
+    if not args.no_ray:
+        configs[f"ray-{args.workers}"] = [*common, "training.threads=1", "executor.kind=ray", f"executor.workers={args.workers}"]
+    batched = f"local-t{args.threads}-batch{args.batch_devices}"
+    if args.batch_devices:
+        configs[batched] = [*common, f"training.threads={args.threads}", "executor.kind=local",
+                            f"executor.batch_devices={args.batch_devices}"]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, sets in configs.items():
@@ -72,7 +94,15 @@ def main() -> None:
         for name, r in results.items():
             print(f"{name} wall_s {r['wall_s']:.1f} (process {r['process_s']:.1f})")
             print(f"{name} driver_peak_rss_mb {r['rss_mb']:.0f}")
-        ray, local_n = results[f"ray-{args.workers}"], results[f"local-t{args.threads}"]
+        local_n = results[f"local-t{args.threads}"]
+        if args.batch_devices:
+            b = results[batched]
+            print(f"speedup {batched} over local-t{args.threads} {local_n['wall_s'] / b['wall_s']:.2f}")
+            print(f"metrics largest relative difference {batched} vs local-t{args.threads} "
+                  f"{largest_difference(b['metrics'], local_n['metrics']):.2e}")
+        if args.no_ray:
+            return
+        ray = results[f"ray-{args.workers}"]
         print(f"speedup ray-{args.workers} over local-t{args.threads} {local_n['wall_s'] / ray['wall_s']:.2f}")
         print(f"speedup ray-{args.workers} over local-t1 {results['local-t1']['wall_s'] / ray['wall_s']:.2f}")
         print(f"metrics identical ray-{args.workers} vs local-t1 {ray['metrics'] == results['local-t1']['metrics']}")
