@@ -32,13 +32,13 @@ def run_text() -> RunText:
     return run
 
 
-# The head of the tiny-GPT-2 scenarios several runner tests write (two toy users, two local steps
-# of 2 × 32 tokens): each test adds its own methods and world after `methods:`. `{cache}` stays a
+# The head of the tiny-GPT-2 scenarios the runner tests write (two toy users, two local steps of
+# 2 × 32 tokens): each test adds its own methods and world after `methods:`. `{cache}` stays a
 # format field (the test fills it with its tmp cache), so the rest of its text escapes braces.
 TINY_GPT2_HEAD = """
 name: {name}
 seeds: [0]
-model: tiny-gpt2
+model: {model}
 data:
   users: [toy:a, toy:b]
   train_tokens: 3000
@@ -46,14 +46,14 @@ data:
   test_tokens: 800
   cache_dir: {{cache}}
 training:
-  local_steps: 2
-  batch_size: 2
-  seq_len: 32
-  eval_windows: 4
-methods:
+{training}methods:
 """
+TINY_RECIPE = {"local_steps": 2, "batch_size": 2, "seq_len": 32, "eval_windows": 4}
 
 
-def tiny_gpt2_head(name: str) -> str:
-    """`TINY_GPT2_HEAD` for a scenario called `name`, with `{cache}` left to fill."""
-    return TINY_GPT2_HEAD.format(name=name)
+def tiny_gpt2_head(name: str, model: str = "tiny-gpt2", **training: object) -> str:
+    """`TINY_GPT2_HEAD` for a scenario called `name`, with `{cache}` left to fill. `training` keys
+    replace or add to `TINY_RECIPE`'s, written as given (a value "{dtype}" stays a format field,
+    as may `model`)."""
+    recipe = "".join(f"  {key}: {value}\n" for key, value in {**TINY_RECIPE, **training}.items())
+    return TINY_GPT2_HEAD.format(name=name, model=model, training=recipe)

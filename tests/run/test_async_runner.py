@@ -9,24 +9,9 @@ from pathlib import Path
 import torch
 
 from simfed.learn.aggregate import hetlora_weights, lora_modules, zero_pad_rank
+from tests.run.conftest import tiny_gpt2_head
 
-SCENARIO = """
-name: async_test
-seeds: [0]
-model: tiny-gpt2
-data:
-  users: [toy:a, toy:b]
-  train_tokens: 3000
-  val_tokens: 800
-  test_tokens: 800
-  cache_dir: {cache}
-training:
-  local_steps: 2
-  batch_size: 2
-  seq_len: 32
-  eval_every: 10
-  eval_windows: 2
-methods:
+SCENARIO = tiny_gpt2_head("async_test", eval_every=10, eval_windows=2) + """\
   - {{name: comigs, kind: comigs, variant: 1g1s, tau: 2, router_steps: 1, server_lr: 0.5}}
   - {{name: hetlora, kind: hetlora, rank: 2, min_rank: 2, max_rank: 8}}
 world:

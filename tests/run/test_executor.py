@@ -14,24 +14,9 @@ import pytest
 import ray
 
 from simfed.report.readers import read_metrics
+from tests.run.conftest import tiny_gpt2_head
 
-SCENARIO = """
-name: executor_test
-seeds: [0]
-model: tiny-gpt2
-data:
-  users: [toy:a, toy:b]
-  train_tokens: 3000
-  val_tokens: 800
-  test_tokens: 800
-  cache_dir: {cache}
-training:
-  local_steps: 2
-  batch_size: 2
-  seq_len: 32
-  eval_windows: 4
-  threads: 1
-methods:
+SCENARIO = tiny_gpt2_head("executor_test", threads=1) + """\
   - {{name: comigs, kind: comigs, variant: 1gxs, tau: 2, router_steps: 1}}
   - {{name: hetlora, kind: hetlora, min_rank: 2, prune_gamma: 0.9}}
   - {{name: pcl, kind: pcl, pcl_start: 1, pcl_every: 1}}

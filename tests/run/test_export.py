@@ -22,26 +22,11 @@ from simfed.learn.base_model import load_base_model
 from simfed.learn.evaluate import evaluation_windows
 from simfed.learn.model_card import load_card
 from simfed.report.readers import metrics_frame
+from tests.run.conftest import tiny_gpt2_head
 
 peft = pytest.importorskip("peft")
 
-SCENARIO = """
-name: export_test
-seeds: [0]
-model: {model}
-data:
-  users: [toy:a, toy:b]
-  train_tokens: 3000
-  val_tokens: 800
-  test_tokens: 800
-  cache_dir: {cache}
-training:
-  local_steps: 3
-  batch_size: 2
-  seq_len: 32
-  eval_windows: 4
-  lr: 2.0e-2
-methods:
+SCENARIO = tiny_gpt2_head("export_test", model="{model}", local_steps=3, lr=2.0e-2) + """\
   - {{name: fedavg, kind: fedavg, rank: 4, match: none}}  # one LoRA: a PEFT adapter (the matched pair is a mixture)
   - {{name: hetlora, kind: hetlora, rank: 2, min_rank: 2, max_rank: 8, prune_lambda: 5.0}}
   - {{name: flexlora, kind: flexlora, rank: 2, min_rank: 2, max_rank: 8}}

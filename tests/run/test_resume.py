@@ -17,25 +17,11 @@ import pytest
 from simfed.cli import main
 from simfed.config import load_scenario
 from simfed.report.readers import read_metrics, read_summary
+from tests.run.conftest import tiny_gpt2_head
 
 # fedavg, hetlora (ranks, received payloads) and pcl (relayed models); devices of the slow group
 # miss the 5 s deadline, so updates are still being computed when a round (and its checkpoint) ends
-SCENARIO = """
-name: resume_test
-seeds: [0]
-model: tiny-gpt2
-data:
-  users: [toy:a, toy:b]
-  train_tokens: 3000
-  val_tokens: 800
-  test_tokens: 800
-  cache_dir: {cache}
-training:
-  local_steps: 2
-  batch_size: 2
-  seq_len: 32
-  eval_windows: 4
-methods:
+SCENARIO = tiny_gpt2_head("resume_test") + """\
 {methods}
 world:
   fleet:

@@ -8,24 +8,9 @@ from pathlib import Path
 import pytest
 
 from simfed.report.readers import read_metrics
+from tests.run.conftest import tiny_gpt2_head
 
-SCENARIO = """
-name: runner_test
-seeds: [0]
-model: tiny-gpt2
-data:
-  users: [toy:a, toy:b]
-  train_tokens: 3000
-  val_tokens: 800
-  test_tokens: 800
-  cache_dir: {cache}
-training:
-  local_steps: 2
-  batch_size: 2
-  seq_len: 32
-  eval_windows: 4
-  payload_dtype: {dtype}
-methods:
+SCENARIO = tiny_gpt2_head("runner_test", payload_dtype="{dtype}") + """\
   - {{name: comigs, kind: comigs, variant: 1g1s, tau: 2, router_steps: 1}}
   - {{name: hetlora, kind: hetlora, min_rank: 4}}
 world:
