@@ -30,6 +30,7 @@ from simfed.learn.model_card import ModelCardError
 # the head per device on these
 PLAIN_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "gpt2", "gpt_neox", "phi"})
 
+
 @dataclass(frozen=True)
 class AdapterShape:
     """The trainable structure of one device."""

@@ -30,12 +30,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def load_adapted_model(card: ModelCard, device_choice: str, precision: str,
-                       expert_compute: str = "auto", fuse_mixture: bool = False) -> AdaptedModel:
-    """The frozen base model of `card` on the run's device, wrapped for adapters at the run's
-    precision, its mixtures run as `expert_compute` and `fuse_mixture` say (simfed/learn/lora.py MixtureMLP)."""
-    device = pick_device(device_choice)
-    return AdaptedModel(load_base_model(card, device), autocast_dtype(precision, device), expert_compute, fuse_mixture)
+def load_adapted_model(card: ModelCard, training, device_choice: str | None = None) -> AdaptedModel:
+    """The frozen base model of `card` on the run's device, wrapped for adapters as `training`
+    (the scenario's `TrainingConfig`) says: its precision, and its mixtures run as
+    `expert_compute` and `fuse_mixture` say (simfed/learn/lora.py MixtureMLP). `device_choice`
+    overrides `training.device` (a Ray worker is placed by Ray, not by the scenario)."""
+    device = pick_device(training.device if device_choice is None else device_choice)
+    return AdaptedModel(load_base_model(card, device), autocast_dtype(training.precision, device),
+                        training.expert_compute, training.fuse_mixture)
 
 
 def settle_cpu_precision(model: AdaptedModel, training) -> PrecisionChoice | None:

@@ -99,7 +99,7 @@ def evaluate_many(
             with model.using_rows([devices[i][0] for i in members]):
                 logits = model.device_logits(ids[:, :-1], len(members))  # each device's own
                 for k, i in enumerate(members):
-                    tallies[i].add(logits[k], ids[k * n : (k + 1) * n, 1:])
+                    tallies[i].add(logits[k], chunks[k][:, 1:])
     return [t.result() for t in tallies]
 
 

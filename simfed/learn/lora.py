@@ -419,7 +419,9 @@ class MixtureMLP(nn.Module):
         full pass over (E, B, T, d_ff) memory each. The same arithmetic: the forward measured
         bit-identical on a CPU, the gradients to ~1e-7 relative (a fused activation's derivative
         and the sum over experts round in another order), so it is opted into, never the
-        default. Compiled once a site's first call (seconds), again for a new shape."""
+        default. `_mix` uses nothing of a site but its activation, so the sites of one model share
+        one compiled graph per input shape: compiled at the first call of that shape (seconds),
+        reused by every other site and step after."""
         return torch.compile(self._mix, dynamic=False)
 
     def _grouped(self, x: torch.Tensor, bank: ExpertBank,

@@ -96,7 +96,7 @@ class Replica:
             torch.set_num_threads(threads)
         self.training = training
         self.batch_devices = batch_devices
-        self.model = load_adapted_model(card, device, training.precision, training.expert_compute, training.fuse_mixture)
+        self.model = load_adapted_model(card, training, device)
         self.method: Method | None = None
         self.key: tuple | None = None  # (method index, seed) of the replica built
 

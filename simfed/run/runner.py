@@ -147,7 +147,7 @@ def run_scenario(scenario: Scenario, out_root: Path | None, seeds: list[int],
         torch.set_num_threads(scenario.training.threads)
     card = load_card(scenario.model)
     training = scenario.training
-    model = load_adapted_model(card, training.device, training.precision, training.expert_compute, training.fuse_mixture)
+    model = load_adapted_model(card, training)
     choice = settle_cpu_precision(model, training)  # auto on a CPU: bf16 only where measured faster
     if choice is not None:
         training = training.model_copy(update={"precision": choice.precision})  # Ray replicas alike
