@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--compute", nargs="+", default=["auto"], choices=["auto", "dense", "grouped"],
                         help="host expert paths to time (MixtureMLP.compute)")
     parser.add_argument("--fuse", action="store_true",
-                        help="also time each CoMiGS shape with training.fuse_mixture (MixtureMLP._fused_mix, torch.compile)")
+                        help="also time each CoMiGS shape with training.fuse_mixture (MixtureMLP._fused_dense, torch.compile)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
                         help="bfloat16: autocast for both steps (adapters and AdamW stay fp32)")

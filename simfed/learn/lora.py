@@ -310,7 +310,7 @@ class MixtureMLP(nn.Module):
         self.activation = activation
         self.dropout = dropout
         self.compute: ExpertCompute = compute
-        self.fused = False  # the dense path's element-wise work compiled (`_fused_mix`)
+        self.fused = False  # the dense path's element-wise work compiled (`_fused_dense`)
         self.up_dims = [linear_dims(getattr(mlp, n)) for n in up_names]
         self.down_dims = linear_dims(getattr(mlp, down_name))
         object.__setattr__(self, "bank", None)
@@ -393,36 +393,42 @@ class MixtureMLP(nn.Module):
 
         Returns (Σ_e w_e h_e, the down LoRA's mixed delta), both (B, T, ·); the caller applies the
         frozen down projection to the first. `bases`: the frozen W x of each input-side linear,
-        when the caller computed them already (a batch of devices); else computed here."""
+        when the caller computed them already (a batch of devices); else computed here. Under
+        `fused` (and E > 1) the same code runs compiled (`_fused_dense`)."""
         if bases is None:
             bases = [getattr(self.mlp, name)(x) for name in self.up_names]
+        if self.fused and bank.n_experts > 1:
+            return self._fused_dense(x, bank, bases)
+        return self._dense_terms(x, bank, bases)
+
+    def _dense_terms(self, x: torch.Tensor, bank: ExpertBank,
+                     bases: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_dense`'s per-expert work, from the frozen W x on: the LoRA deltas, the routing (and
+        its load-balancing term, `bank.last_lb`), each expert's hidden
+        h_e = act(W_g x + Δ_g,e) ⊙ (W_u x + Δ_u,e) (E, B, T, d_ff), Σ_e w_e h_e, and the down LoRA."""
         deltas = [lora.delta_shared_input(x) for lora in bank.ups]  # each (E, B, T, d_ff)
         weights = bank.route(x)  # (B, T, E)
-        mix = self._fused_mix if self.fused and deltas[0].shape[0] > 1 else self._mix
-        mixed, hidden = mix(bases, deltas, weights)
-        return mixed, bank.down.mixed_delta_per_expert(hidden, weights)
-
-    def _mix(self, bases: list[torch.Tensor], deltas: list[torch.Tensor],
-             weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dense path's element-wise work: each expert's hidden h_e = act(W_g x + Δ_g,e) ⊙ (W_u x + Δ_u,e)
-        (E, B, T, d_ff), and Σ_e w_e h_e (B, T, d_ff)."""
         ups = [base.unsqueeze(0) + delta for base, delta in zip(bases, deltas)]
         hidden = self.activation(ups[0]) * ups[1] if self.gated else self.activation(ups[0])
         if hidden.shape[0] == 1:  # one expert: its weight is 1
-            return hidden[0], hidden
-        return (hidden * weights.permute(2, 0, 1).unsqueeze(-1)).sum(0), hidden
+            mixed = hidden[0]
+        else:
+            mixed = (hidden * weights.permute(2, 0, 1).unsqueeze(-1)).sum(0)
+        return mixed, bank.down.mixed_delta_per_expert(hidden, weights)
 
     @functools.cached_property
-    def _fused_mix(self) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-        """`_mix` compiled (`training.fuse_mixture`): torch.compile fuses the adds, the activation,
-        the product and the weighted sum into a few loops, forward and backward, instead of one
-        full pass over (E, B, T, d_ff) memory each. The same arithmetic: the forward measured
-        bit-identical on a CPU, the gradients to ~1e-7 relative (a fused activation's derivative
-        and the sum over experts round in another order), so it is opted into, never the
-        default. `_mix` uses nothing of a site but its activation, so the sites of one model share
-        one compiled graph per input shape: compiled at the first call of that shape (seconds),
-        reused by every other site and step after."""
-        return torch.compile(self._mix, dynamic=False)
+    def _fused_dense(self) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+        """`_dense_terms` compiled (`training.fuse_mixture`): torch.compile fuses the LoRA scale
+        and layout moves, the routing's top-k softmax, the adds, the activation, the product and
+        the weighted sum into a few loops, forward and backward, instead of one full pass over
+        (E, B, T, d_ff) memory each; the matmuls stay library calls. The same arithmetic: values
+        and gradients equal the eager path's to ~1e-7 relative (fused loops round in another
+        order), so it is opted into, never the default. The frozen W x stays outside (the
+        batched path computes it once for all devices). The graph takes the bank's tensors as
+        inputs, so the sites of one model share one compiled graph per (shape, E, rank):
+        compiled at the first call of such a shape (seconds), reused by every other site, bank
+        and step after; bench/local_step.py --fuse measures it."""
+        return torch.compile(self._dense_terms, dynamic=False)
 
     def _grouped(self, x: torch.Tensor, bank: ExpertBank,
                  bases: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -189,9 +189,9 @@ class TrainingSpec(_Strict):
     # simulated costs unaffected): grouped = only each token's top-k experts, dense = all E;
     # auto = grouped when E > k, dense otherwise (nothing to skip)
     expert_compute: Literal["auto", "dense", "grouped"] = "auto"
-    # the dense path's element-wise expert work compiled with torch.compile (simfed/learn/lora.py
-    # MixtureMLP._fused_mix): faster on the host, gradients equal to ~1e-7, not bit for bit; a CPU
-    # needs a C++ compiler; simulated costs unaffected
+    # the dense path's per-expert work (LoRA terms, routing, element-wise) compiled with
+    # torch.compile (simfed/learn/lora.py MixtureMLP._fused_dense): faster on the host, gradients
+    # equal to ~1e-7, not bit for bit; a CPU needs a C++ compiler; simulated costs unaffected
     fuse_mixture: bool = False
     state_memory_mb: float | None = Field(None, ge=0)  # devices' adapter+AdamW states kept in RAM up to this, the least recently used beyond it spilled to RUN_DIR/spill (safetensors); None = all in RAM
     save_routing: bool = False  # at each evaluation, append per-layer routing weights on the test windows to RUN_DIR/routing.jsonl (simfed/learn/routing.py)

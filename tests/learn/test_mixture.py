@@ -158,10 +158,10 @@ def test_load_balancing_is_constant_when_e_equals_k(seed):
 @pytest.mark.parametrize("n_experts", [2, 3])
 @pytest.mark.parametrize("card", ["gpt2", "llama"])
 def test_fused_mixture_equals_the_eager_one(request, card, n_experts):
-    """training.fuse_mixture (MixtureMLP._fused_mix, torch.compile): the dense path's output and
-    every gradient (LoRA, router, input) equal the eager path's to float rounding — the same
-    arithmetic in fused loops. E = 3 runs dense here (compute: dense) so the weighted sum has
-    three terms; GPT-2 is the plain MLP (gelu), Llama the gated one (silu)."""
+    """training.fuse_mixture (MixtureMLP._fused_dense, torch.compile): the dense path's output, its
+    load-balancing term and every gradient of both (LoRA, router, input) equal the eager path's to
+    float rounding — the same arithmetic in fused loops. E = 3 runs dense here (compute: dense)
+    so the weighted sum has three terms; GPT-2 is the plain MLP (gelu), Llama the gated one (silu)."""
     model = request.getfixturevalue(f"tiny_{card}")
     site = model.mlp_sites[1]
     bank = make_bank(site, n_experts, rank=4, d_model=64, seed=7 + n_experts)
@@ -175,18 +175,19 @@ def test_fused_mixture_equals_the_eager_one(request, card, n_experts):
             x = x0.clone().requires_grad_()
             out = site(x)
             weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
-            (out * weights).sum().backward()
-            results.append((out.detach(), x.grad, [p.grad.clone() for p in bank.parameters()]))
+            ((out * weights).sum() + bank.last_lb).backward()
+            results.append((out.detach(), bank.last_lb.detach(), x.grad, [p.grad.clone() for p in bank.parameters()]))
             bank.zero_grad(set_to_none=True)
     finally:
         site.attach(None)
         site.fused, site.compute = False, compute
-    (eager, eager_dx, eager_grads), (fused_out, fused_dx, fused_grads) = results
+    (eager, eager_lb, eager_dx, eager_grads), (fused_out, fused_lb, fused_dx, fused_grads) = results
     assert not torch.allclose(eager, site.mlp(x0), atol=1e-3)  # the experts matter here
 
     def rel(got: torch.Tensor, want: torch.Tensor) -> float:  # of the whole tensor: entries near 0 round alike
         return float((got - want).norm() / want.norm())
 
     assert rel(fused_out, eager) <= 1e-6 and rel(fused_dx, eager_dx) <= 1e-6
+    assert float(fused_lb) == pytest.approx(float(eager_lb), rel=1e-6)
     assert len(eager_grads) == len(fused_grads) > 0
     assert max(rel(got, want) for got, want in zip(fused_grads, eager_grads)) <= 1e-6
