@@ -135,10 +135,10 @@ def router_phase(
             total.backward()
             state.router_opt.step()
             state.router_opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
+            losses.append(loss.detach())
     finally:
         _train_only(adapters, optimised(state.expert_opt))
-    return float(np.mean(losses)) if losses else float("nan")
+    return float(np.mean(torch.stack(losses).tolist())) if losses else float("nan")  # one host sync, at the end
 
 
 MicroKind = Literal["expert", "router"]

@@ -288,8 +288,9 @@ class MixtureMLP(nn.Module):
     the tokens routed to it (tokens sorted by expert, as MoE kernels do): k = min(2, E) experts'
     work per token instead of E — what a device does and what `simfed.learn.flops` charges.
     `auto` (the default) is grouped exactly when a router selects fewer experts than the bank has
-    (E > k); with E ≤ k every expert is selected for every token, nothing could be skipped, and
-    the dense path (one batched einsum, no gathers) is the faster one.
+    (E > k) and the bank is on a CPU; with E ≤ k every expert is selected for every token, nothing
+    could be skipped, and the dense path (one batched einsum, no gathers) is the faster one; on a
+    GPU, dense keeps a step free of host synchronisation (`grouped_for`).
     """
 
     def __init__(
@@ -319,10 +320,17 @@ class MixtureMLP(nn.Module):
         object.__setattr__(self, "bank", bank)
 
     def grouped_for(self, bank: ExpertBank) -> bool:
-        """Whether `bank` runs on the grouped (top-k only) path under this site's `compute`."""
+        """Whether `bank` runs on the grouped (top-k only) path under this site's `compute`.
+
+        `auto` never picks it on a GPU: splitting the sorted rows into per-expert blocks needs
+        the block sizes on the host (`bincount().tolist()`), one host synchronisation per layer
+        and step, which stalls a GPU's queue; the dense path has none, and a GPU has the spare
+        FLOPs for E/k times the (small) LoRA and element-wise work."""
         if bank.router is None or self.compute == "dense":
             return False
-        return self.compute == "grouped" or bank.top_k < bank.n_experts
+        if self.compute == "grouped":
+            return True
+        return bank.top_k < bank.n_experts and bank.down.lora_A.device.type == "cpu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bank: ExpertBank | BankRows | None = self.bank

@@ -187,7 +187,7 @@ class TrainingSpec(_Strict):
     threads: int = Field(0, ge=0)  # torch intra-op threads; 0 = torch's default
     # how the host runs a CoMiGS mixture's experts (simfed/learn/lora.py MixtureMLP; equal to 1e-6,
     # simulated costs unaffected): grouped = only each token's top-k experts, dense = all E;
-    # auto = grouped when E > k, dense otherwise (nothing to skip)
+    # auto = grouped when E > k on a CPU, dense otherwise (nothing to skip; on a GPU: no host sync)
     expert_compute: Literal["auto", "dense", "grouped"] = "auto"
     # the dense path's per-expert work (LoRA terms, routing, element-wise) compiled with
     # torch.compile (simfed/learn/lora.py MixtureMLP._fused_dense): faster on the host, gradients

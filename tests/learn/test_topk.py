@@ -118,3 +118,25 @@ def test_auto_groups_exactly_when_a_router_skips_experts(tiny_llama, n_experts, 
     site = tiny_llama.mlp_sites[0]
     assert site.compute == "auto"
     assert site.grouped_for(make_bank(site, n_experts, seed=1)) is grouped
+
+
+def test_auto_groups_only_on_a_cpu_where_skipping_experts_pays(tiny_llama):
+    """`expert_compute: auto`: grouped only when a router picks fewer than its E experts (E > k)
+    and the bank lives on a CPU. Anywhere else (a GPU; the meta device stands in for one here, no
+    GPU needed) auto runs dense, whose step has no host synchronisation; an explicit `grouped`
+    is honoured everywhere, an explicit `dense` too."""
+    site = tiny_llama.mlp_sites[0]
+
+    def bank(n_experts: int, device: str) -> ExpertBank:
+        return ExpertBank(n_experts, 4, site.up_dims, site.down_dims, 64, device=device)
+
+    previous = site.compute
+    try:
+        site.compute = "auto"  # (the CPU cases: the test above)
+        assert site.grouped_for(bank(3, "cpu")) and not site.grouped_for(bank(3, "meta"))
+        site.compute = "grouped"
+        assert site.grouped_for(bank(3, "meta")) and site.grouped_for(bank(2, "cpu"))
+        site.compute = "dense"
+        assert not site.grouped_for(bank(3, "cpu"))
+    finally:
+        site.compute = previous

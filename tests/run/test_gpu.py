@@ -80,3 +80,39 @@ executor: {{kind: local, batch_devices: {batch}}}
     for s, b in zip(runs[("float32", 1)], runs[("float32", 4)]):
         assert (s["method"], s["round"], s["device"]) == (b["method"], b["round"], b["device"])
         assert b["ppl"] == pytest.approx(s["ppl"], rel=1e-3)
+
+
+def test_a_mixture_step_on_the_gpu_never_waits_for_the_host():
+    """A CoMiGS local step on CUDA (E = 3 experts, top-2, so `expert_compute: auto` could have
+    grouped them, bf16 autocast, AdamW) queues its forward, backward and update without one host
+    synchronisation: `torch.cuda.set_sync_debug_mode("error")` turns any (`.item()`, `.tolist()`,
+    a host-read of a size) into an error. The first step runs outside it (CUDA and cuBLAS set
+    themselves up there)."""
+    from simfed.learn.adapters import AdaptedModel, AdapterShape
+    from simfed.learn.base_model import load_base_model
+    from simfed.learn.local_update import next_token_loss
+    from simfed.learn.model_card import load_card
+
+    device = torch.device("cuda")
+    model = AdaptedModel(load_base_model(load_card("tiny-llama"), device), torch.bfloat16)
+    adapters = model.new_adapters(AdapterShape(n_experts=3, mlp_rank=4, attn_rank=4), torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(adapters.expert_parameters(), lr=1e-3)
+    ids = torch.randint(0, int(model.model.config.vocab_size), (4, 33), device=device)
+    assert not any(site.grouped_for(bank) for site, bank in zip(model.mlp_sites, [layer.mlp for layer in adapters.layers]))
+
+    def step() -> torch.Tensor:
+        with model.using(adapters):
+            loss = next_token_loss(model, ids)
+            (loss + 0.01 * adapters.load_balancing_loss()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    model.model.train()
+    first = step()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = [step() for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.stack([first, *losses]).isfinite().all()
