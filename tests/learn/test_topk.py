@@ -10,8 +10,10 @@ import copy
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from simfed.learn.lora import ExpertBank
+from simfed.learn.lora import ExpertBank, permute_rows
 from tests.learn.helpers import randomise_lora_b
 
 TOL = dict(rtol=1e-6, atol=1e-6)  # float64: the two paths are the same math, so far below this
@@ -140,3 +142,20 @@ def test_auto_groups_only_on_a_cpu_where_skipping_experts_pays(tiny_llama):
         assert not site.grouped_for(bank(3, "cpu"))
     finally:
         site.compute = previous
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_rows=st.integers(1, 40), width=st.integers(1, 9), seed=st.integers(0, 2**31 - 1))
+def test_permuting_rows_has_the_gradient_of_indexing_bit_for_bit(n_rows, width, seed):
+    """`permute_rows` (the grouped path's sorts) back-propagates by a gather where autograd's
+    x[order] scatter-adds; by a permutation both give every row its one gradient row exactly."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n_rows, generator=g)
+    inverse = torch.argsort(order)
+    x = torch.randn(n_rows, width, generator=g, requires_grad=True)
+    probe = torch.randn(n_rows, width, generator=g)
+    (x[order] * probe).sum().backward()
+    want, x.grad = x.grad, None
+    got_out = permute_rows(x, order, inverse)
+    (got_out * probe).sum().backward()
+    assert torch.equal(got_out, x[order]) and torch.equal(x.grad, want)
