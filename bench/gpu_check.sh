@@ -2,7 +2,7 @@
 # The GPU path in ONE command (under 8 minutes on one H100/H200-class GPU):
 #   1. the GPU tests: tests/run/test_gpu.py and batched-vs-sequential equality on CUDA
 #      (tests/learn/test_batched.py::test_batched_equals_sequential_on_cuda);
-#   2. bench/local_step.py on CUDA (fp32 and bf16 autocast);
+#   2. bench/local_step.py on CUDA (fp32 and bf16 autocast; expert paths auto = dense and grouped);
 #   3. bench/batched.py on CUDA (K = 4, 8, 16; CoMiGS-1GXS and HetLoRA);
 #   4. phones_mixed on CUDA, one by one and with executor.batch_devices 8 (wall time of each).
 # Every figure goes to OUTDIR/figures.txt (one a line, `name value`), every log to OUTDIR/logs/
@@ -110,10 +110,15 @@ step tests 200 "$PY" -m pytest -q -p no:cacheprovider tests/run/test_gpu.py \
 fig tests_summary "\"$(tail -n 1 "$LOGS/tests.log")\""
 
 # --- 2. one local step: CoMiGS vs peft ---------------------------------------------------------
+# on a GPU, expert_compute auto runs dense (no host sync, simfed/learn/lora.py grouped_for):
+# grouped is timed beside it, to see what the sync-free path costs there
+COMPUTE="auto"
+[ $CPU -eq 1 ] || COMPUTE="auto grouped"
 for precision in float32 bfloat16; do
   [ $CPU -eq 1 ] && [ $precision = bfloat16 ] && continue
+  # shellcheck disable=SC2086
   step "local_step_$precision" 120 "$PY" bench/local_step.py --device "$DEVICE" --model "$MODEL" \
-    --precision $precision --steps $STEPS --warmup 2 --experts 2 4
+    --precision $precision --steps $STEPS --warmup 2 --experts 2 4 --compute $COMPUTE
   grep -v '^#' "$LOGS/local_step_$precision.log" | grep -E '^[A-Za-z0-9_]+ [-0-9.e+]+$' | sed "s/^/local_step_${precision}_/" >> "$FIG"
 done
 
