@@ -161,7 +161,7 @@ class AdaptedModel:
                 mlp = MixtureMLP(mlp, card.mlp.up, card.mlp.down, card.mlp.gated, act, drop)
                 _set(layer, card.mlp.module, mlp)
             mlp.compute = expert_compute  # dense or grouped (top-k only) expert work: see MixtureMLP
-            mlp.fused = fuse_mixture  # the dense path's element-wise work compiled: MixtureMLP._fused_dense
+            mlp.fused = fuse_mixture  # the dense path's per-expert work compiled: MixtureMLP._fused_dense
             self.mlp_sites.append(mlp)
         if len(card.mlp.up) != (2 if card.mlp.gated else 1):
             raise ModelCardError(f"model card '{card.name}': a gated MLP needs two 'up' linears, a plain one needs one")

@@ -337,7 +337,7 @@ class MixtureMLP(nn.Module):
         self.activation = activation
         self.dropout = dropout
         self.compute: ExpertCompute = compute
-        self.fused = False  # the dense path's element-wise work compiled (`_fused_dense`)
+        self.fused = False  # the dense path's per-expert work compiled (`_fused_dense`)
         self.up_dims = [linear_dims(getattr(mlp, n)) for n in up_names]
         self.down_dims = linear_dims(getattr(mlp, down_name))
         object.__setattr__(self, "bank", None)
