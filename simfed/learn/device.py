@@ -11,6 +11,7 @@ from simfed.learn.adapters import AdaptedModel
 from simfed.learn.base_model import load_base_model
 from simfed.learn.cpu_precision import PrecisionChoice, choose_cpu_precision
 from simfed.learn.model_card import ModelCard
+from simfed.learn.spec import TrainingSpec
 
 
 def pick_device(choice: str) -> torch.device:
@@ -30,9 +31,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def load_adapted_model(card: ModelCard, training, device_choice: str | None = None) -> AdaptedModel:
+def load_adapted_model(card: ModelCard, training: TrainingSpec, device_choice: str | None = None) -> AdaptedModel:
     """The frozen base model of `card` on the run's device, wrapped for adapters as `training`
-    (the scenario's `TrainingConfig`) says: its precision, and its mixtures run as
+    (the scenario's `training:` section) says: its precision, and its mixtures run as
     `expert_compute` and `fuse_mixture` say (simfed/learn/lora.py MixtureMLP). `device_choice`
     overrides `training.device` (a Ray worker is placed by Ray, not by the scenario)."""
     device = pick_device(training.device if device_choice is None else device_choice)
@@ -40,7 +41,7 @@ def load_adapted_model(card: ModelCard, training, device_choice: str | None = No
                         training.expert_compute, training.fuse_mixture)
 
 
-def settle_cpu_precision(model: AdaptedModel, training) -> PrecisionChoice | None:
+def settle_cpu_precision(model: AdaptedModel, training: TrainingSpec) -> PrecisionChoice | None:
     """Under `precision: auto` on a CPU, set `model`'s autocast to what this host runs faster
     (simfed/learn/cpu_precision.py) and say what was chosen and why; None when nothing was open
     to choose (a GPU, or a precision the scenario names)."""
