@@ -42,6 +42,7 @@ GPT2_DIMS = ModelDims(n_layers=12, d_model=768, d_attn=768, vocab=50257,
                       attn_linears=((768, 2304), (768, 768)), mlp_up=((768, 3072),), mlp_down=(3072, 768))
 ROUTER_PHASE_KINDS = ("comigs",)
 NO_TRAINING = ("pretrained",)
+MIXTURE_KINDS = ("comigs", "local_moe", "fedavg_moe", "pfedmoe")
 
 
 @dataclass
@@ -90,8 +91,8 @@ def study_cost(path: Path) -> tuple[Cost, dict[str, Cost]]:
         pretrained.add(forward_flops(dims, AdapterShape(1, 8, 0), 1, q) / q, times=eval_tokens(tokens, q, t.eval_windows))
     for m in s.methods:
         cost = Cost()
-        shape = AdapterShape(2 if m.kind in ("comigs", "local_moe", "fedavg_moe", "pfedmoe") else 1, m.rank, m.rank)
-        if m.kind not in NO_TRAINING:
+        if m.kind not in NO_TRAINING:  # Pretrained has no adapters (and no rank): round 0 only, above
+            shape = AdapterShape(2 if m.kind in MIXTURE_KINDS else 1, m.rank, m.rank)
             expert = (step_flops(dims, shape, b, q, "experts"), step_activation_bytes(dims, shape, b, q))
             cost.add(*expert, times=steps * n)  # Centralized: one model, the pooled batch: the same tokens
             if m.kind in ROUTER_PHASE_KINDS:

@@ -49,3 +49,23 @@ def test_counts_by_hand(study_cost, tmp_path):
     pretrained = 2 * 96 * forward_flops(dims, AdapterShape(1, 8, 0), 1, 32) / 32  # round 0, 2 devices
     assert total.flops == pytest.approx(2 * (2 * per_device + pretrained))  # 2 seeds
     assert total.seconds(1e9, 0.0) == pytest.approx(total.flops / 1e9)
+
+
+def test_a_pretrained_entry_costs_only_its_round_zero(study_cost, tmp_path):
+    """Pretrained has no adapters (its spec has no rank): it adds nothing to the round-0
+    evaluation every study pays once a seed."""
+    path = tmp_path / "cost_demo.yaml"
+    path.write_text(SCENARIO)
+    with_pretrained = tmp_path / "cost_demo_pretrained.yaml"
+    with_pretrained.write_text(SCENARIO.replace("methods:\n", "methods:\n  - {name: pretrained, kind: pretrained}\n"))
+    total, _ = study_cost.study_cost(path)
+    total_p, per_method = study_cost.study_cost(with_pretrained)
+    assert per_method["pretrained"].flops == 0
+    assert total_p.flops == pytest.approx(total.flops)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*/table1_*.yaml")), ids=lambda p: p.parent.name + "/" + p.name)
+def test_every_shipped_table1_study_has_a_cost(study_cost, path):
+    total, per_method = study_cost.study_cost(path)
+    assert total.flops > 0
+    assert all(c.flops > 0 for name, c in per_method.items() if name != "pretrained")
