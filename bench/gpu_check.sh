@@ -2,7 +2,9 @@
 # The GPU path in ONE command (under 8 minutes on one H100/H200-class GPU):
 #   1. the GPU tests: tests/run/test_gpu.py and batched-vs-sequential equality on CUDA
 #      (tests/learn/test_batched.py::test_batched_equals_sequential_on_cuda);
-#   2. bench/local_step.py on CUDA (fp32 and bf16 autocast; expert paths auto = dense and grouped);
+#   2. bench/local_step.py on CUDA (fp32 and bf16 autocast; expert paths auto = dense and grouped),
+#      and bench/paper_step.py: a paper-scale step (64 x 128) on the SmolLM2 and GPT-2 shapes,
+#      tokens/s, the fraction of the GPU's bf16 peak, and one Table 1 column's time from them;
 #   3. bench/batched.py on CUDA (K = 4, 8, 16; CoMiGS-1GXS and HetLoRA);
 #   4. phones_mixed on CUDA, one by one and with executor.batch_devices 8 (wall time of each).
 # Every figure goes to OUTDIR/figures.txt (one a line, `name value`), every log to OUTDIR/logs/
@@ -121,6 +123,17 @@ for precision in float32 bfloat16; do
     --precision $precision --steps $STEPS --warmup 2 --experts 2 4 --compute $COMPUTE
   grep -v '^#' "$LOGS/local_step_$precision.log" | grep -E '^[A-Za-z0-9_]+ [-0-9.e+]+$' | sed "s/^/local_step_${precision}_/" >> "$FIG"
 done
+
+# --- 2b. a paper-scale step (64 x 128): tokens/s, fraction of bf16 peak, one Table 1 column -----
+if [ $CPU -eq 1 ]; then
+  PAPER_ARGS="--models tiny-llama gpt2-124m-random --batch 2 --seq-len 16 --steps 1 --warmup 1"
+else
+  PAPER_ARGS="--models $MODEL gpt2-124m-random --steps 5 --warmup 2"
+fi
+# shellcheck disable=SC2086
+step paper_step 150 "$PY" bench/paper_step.py --device "$DEVICE" $PAPER_ARGS
+grep -v '^#' "$LOGS/paper_step.log" | grep -E '^[A-Za-z0-9_.-]+ [-0-9.e+]+$' | sed 's/^/paper_step_/' >> "$FIG"
+grep -E '^# .*(unavailable|Table 1)' "$LOGS/paper_step.log" >> "$FIG"
 
 # --- 3. batched vs one by one, a round of K devices ---------------------------------------------
 # shellcheck disable=SC2086
