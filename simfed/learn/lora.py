@@ -24,6 +24,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 LORA_ALPHA = 16.0
+# compiled graphs of the fused mixture a process may hold (`MixtureMLP._fused_dense`): well above
+# what one study meets (shapes × E × grad modes), and a bound on what an unusual one can pile up
+FUSED_RECOMPILE_LIMIT = 64
 
 
 def rslora_scale(alpha: float, rank: int) -> float:
@@ -461,8 +464,22 @@ class MixtureMLP(nn.Module):
         batched path computes it once for all devices). The graph takes the bank's tensors as
         inputs, so the sites of one model share one compiled graph per (shape, E, rank):
         compiled at the first call of such a shape (seconds), reused by every other site, bank
-        and step after; bench/local_step.py --fuse measures it."""
-        return torch.compile(self._dense_terms, dynamic=False)
+        and step after; bench/local_step.py --fuse measures it.
+
+        Graphs are per (shape, E, rank, which tensors need gradients, grad mode) over ALL sites
+        and models of the process (dynamo caches them on `_dense_terms`' code), and a run meets
+        many: a GPU run of CoMiGS-1GXS alone needs E 2..4 × {expert step, router step,
+        evaluation} = 9, past dynamo's default limit of 8 compiles a function, beyond which it
+        runs the eager code with a log line only. The call raises that limit for this function's
+        compiles (dynamo reads it when it compiles, which happens inside the call) to
+        `FUSED_RECOMPILE_LIMIT`, and leaves the process-wide setting as it was."""
+        compiled = torch.compile(self._dense_terms, dynamic=False)
+
+        def fused(*args: object) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch._dynamo.config.patch(recompile_limit=FUSED_RECOMPILE_LIMIT):
+                return compiled(*args)
+
+        return fused
 
     def _grouped(self, x: torch.Tensor, bank: ExpertBank,
                  bases: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

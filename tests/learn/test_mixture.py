@@ -191,3 +191,39 @@ def test_fused_mixture_equals_the_eager_one(request, card, n_experts):
     assert float(fused_lb) == pytest.approx(float(eager_lb), rel=1e-6)
     assert len(eager_grads) == len(fused_grads) > 0
     assert max(rel(got, want) for got, want in zip(fused_grads, eager_grads)) <= 1e-6
+
+
+def test_the_fused_mixture_compiles_every_graph_a_gpu_run_meets(tiny_llama, monkeypatch):
+    """A GPU run of CoMiGS-1GXS meets E 2, 3 and 4 experts, each in an expert step (experts need
+    gradients), a router step (only the router does) and an evaluation (no gradients): 9 graphs
+    of `_dense_terms`, one past dynamo's default limit of 8 compiles a function, after which it
+    would run the eager code. All 9 must be compiled (dynamo's `unique_graphs` counter). Dynamo's
+    own guards and cache are what is tested, so its `eager` backend stands in for inductor (no
+    C++ compiler needed, no codegen time)."""
+    from torch._dynamo.utils import counters
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "eager"}))
+    site = tiny_llama.mlp_sites[0]
+    compute = site.compute
+    site.__dict__.pop("_fused_dense", None)  # a compiled wrapper another test may have cached
+    torch._dynamo.reset()  # no graph left over from other tests counts against the limit
+    before = counters["stats"]["unique_graphs"]
+    try:
+        site.fused, site.compute = True, "dense"
+        for n_experts in (2, 3, 4):
+            bank = make_bank(site, n_experts, rank=4, d_model=64, seed=n_experts)
+            site.attach(bank)
+            x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(n_experts))
+            for phase in ("experts", "router"):
+                for name, p in bank.named_parameters():
+                    p.requires_grad_(name.startswith("router") == (phase == "router"))
+                (site(x).sum() + bank.last_lb).backward()
+            with torch.no_grad():
+                site(x)
+        assert counters["stats"]["unique_graphs"] - before == 9
+    finally:
+        site.attach(None)
+        site.fused, site.compute = False, compute
+        site.__dict__.pop("_fused_dense", None)
+        torch._dynamo.reset()
