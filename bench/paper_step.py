@@ -25,7 +25,11 @@ aggregation and data batches are not counted; devices train one after the other.
 The model: `smollm2-135m` (the offline GGUF) or, where it cannot load, `smollm2-135m-random`
 (its architecture from its config, random weights: the same shapes and FLOPs), said in the
 output; `gpt2-124m-random` is GPT-2 124M's architecture from its config (the hub's weights are
-not on this machine or a GPU box). Random weights change no FLOP and no kernel. One figure a line:
+not on this machine or a GPU box). Random weights change no FLOP and no kernel.
+
+On a CPU with 24 GiB a 64 × 128 SmolLM2 step in fp32 does not fit (the kernel's OOM killer ended
+it at 24 GB: eager autograd keeps more than `simfed.learn.memory`'s 17 GB estimate); measure
+there with `--batch 16`, which runs at the same FLOP/s within this CPU's noise. One figure a line:
 
     <model>_<step>_step_s 0.123
     <model>_<step>_tokens_per_s 66600
