@@ -19,6 +19,13 @@ attention / expert LoRA ranks, B × T the batch, d_ff the MLP width (mlp_down's 
                    logits and their gradient at the head. An estimate: attention scores, the
                    allocator's slack and the framework's own footprint are not counted.)
 
+Measured against simfed's own eager training (bench/memory_need.py, fp32 on a CPU, batches 4 × 64
+to 8 × 128): the tensors autograd keeps are 0.94–1.26× the activation term for SmolLM2 (E = 1, 2,
+4) and 1.25–1.79× for GPT-2 (HF's tanh-GELU keeps ~5 d_ff-wide tensors an expert, not 2), and a
+step's peak, with the backward's transients, 1.55–2.24× and 2.38–3.02×. So under
+`memory_policy: exclude | shrink` a device admitted here can need up to about 3× this term in
+a PyTorch-eager stack; the formula counts the tensors a step must keep, not one framework's peak.
+
 `memory_need` is their sum; a device fits if it is at most the device's RAM. The engine asks the
 workload for it when `world.memory_policy` is not `ignore` (see simfed/sim/engine.py).
 """
