@@ -5,6 +5,7 @@
 #   2. bench/local_step.py on CUDA (fp32 and bf16 autocast; expert paths auto = dense and grouped),
 #      and bench/paper_step.py: a paper-scale step (64 x 128) on the SmolLM2 and GPT-2 shapes,
 #      tokens/s, the fraction of the GPU's bf16 peak, and one Table 1 column's time from them;
+#      bench/memory_need.py: a step's saved and peak memory on CUDA against simfed.learn.memory;
 #   3. bench/batched.py on CUDA (K = 4, 8, 16; CoMiGS-1GXS and HetLoRA);
 #   4. phones_mixed on CUDA, one by one and with executor.batch_devices 8 (wall time of each).
 # Every figure goes to OUTDIR/figures.txt (one a line, `name value`), every log to OUTDIR/logs/
@@ -134,6 +135,16 @@ fi
 step paper_step 150 "$PY" bench/paper_step.py --device "$DEVICE" $PAPER_ARGS
 grep -v '^#' "$LOGS/paper_step.log" | grep -E '^[A-Za-z0-9_.-]+ [-0-9.e+]+$' | sed 's/^/paper_step_/' >> "$FIG"
 grep -E '^# .*(unavailable|Table 1)' "$LOGS/paper_step.log" >> "$FIG"
+
+# --- 2c. what a step holds in memory against simfed.learn.memory's estimate (fp32) ---------------
+if [ $CPU -eq 1 ]; then
+  MEM_ARGS="--models tiny-llama --shapes 2x16 --experts 1 2"
+else
+  MEM_ARGS="--models $MODEL gpt2-124m-random --shapes 4x128 8x128 --experts 1 2 4"
+fi
+# shellcheck disable=SC2086
+step memory_need 120 "$PY" bench/memory_need.py --device "$DEVICE" $MEM_ARGS
+grep -v '^#' "$LOGS/memory_need.log" | grep -E 'saved_gb' | sed 's/^/# memory_need /' >> "$FIG"
 
 # --- 3. batched vs one by one, a round of K devices ---------------------------------------------
 # shellcheck disable=SC2086
