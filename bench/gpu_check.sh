@@ -144,7 +144,7 @@ else
 fi
 # shellcheck disable=SC2086
 step memory_need 120 "$PY" bench/memory_need.py --device "$DEVICE" $MEM_ARGS
-grep -v '^#' "$LOGS/memory_need.log" | grep -E 'saved_gb' | sed 's/^/# memory_need /' >> "$FIG"
+grep -v '^#' "$LOGS/memory_need.log" | grep -E 'kept_gb' | sed 's/^/# memory_need /' >> "$FIG"
 
 # --- 3. batched vs one by one, a round of K devices ---------------------------------------------
 # shellcheck disable=SC2086

@@ -6,9 +6,10 @@ script measures it on simfed's own training code (bench/local_step.py's step: `A
 AdamW, CoMiGS with E MLP experts of rank 8 under a top-2 router + the rank-8 attention LoRA;
 E = 1 is a plain LoRA), per model, expert count and batch shape, in two ways:
 
-- `saved`: the bytes autograd keeps for the backward pass, counted exactly by walking the
-  graph of one forward (every grad_fn's `_saved_*` tensors, each storage once, the model's and
-  adapters' own weights left out): what the estimate's "activations kept for backward" means.
+- `kept`: the bytes autograd keeps for the backward pass, counted exactly by walking the graph
+  of one forward (`simfed.learn.saved_tensors.saved_storages`: every grad_fn's `_saved_*`
+  tensors, each storage once, the model's and adapters' own weights left out), plus the two
+  vocab-wide gradients the backward makes first: what the estimate's activation term counts.
 - `peak`: the step's high-water mark above the memory in use before it (the adapters, their
   AdamW moments and the model already allocated, so it is activations + gradients + the
   backward's transients): on a CPU the process's peak RSS (Linux: `/proc/self/status` VmHWM,
@@ -17,7 +18,7 @@ E = 1 is a plain LoRA), per model, expert count and batch shape, in two ways:
 
 One line per case, one figure a field:
 
-    <model> E<e> <b>x<t> saved_gb 1.26 peak_gb 1.23 estimate_gb 0.77 saved_over_estimate 1.64 peak_over_estimate 1.60
+    <model> E<e> <b>x<t> kept_gb 1.12 peak_gb 1.20 estimate_gb 1.12 kept_over_estimate 1.00 peak_over_estimate 1.07
 
     python bench/memory_need.py [--models smollm2-135m gpt2-124m-random] [--experts 1 2 4]
         [--shapes 4x64 4x128 8x128] [--device cpu|cuda]
@@ -37,6 +38,7 @@ from simfed.learn.adapters import AdaptedModel
 from simfed.learn.flops import ModelDims
 from simfed.learn.local_update import next_token_loss
 from simfed.learn.memory import memory_need
+from simfed.learn.saved_tensors import saved_storages
 
 
 def saved_bytes(model: AdaptedModel, adapters, ids: torch.Tensor) -> int:
@@ -45,26 +47,7 @@ def saved_bytes(model: AdaptedModel, adapters, ids: torch.Tensor) -> int:
                for p in [*model.model.parameters(), *model.model.buffers(), *adapters.parameters()]}
     with model.using(adapters):
         loss = next_token_loss(model, ids)
-    storages: dict[int, int] = {}
-    seen, stack = set(), [loss.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        for attr in dir(node):
-            if not attr.startswith("_saved_"):
-                continue
-            try:
-                value = getattr(node, attr)
-            except RuntimeError:  # freed, or not a tensor this node kept
-                continue
-            if isinstance(value, torch.Tensor):
-                key = value.untyped_storage().data_ptr()
-                if key not in weights:
-                    storages[key] = value.untyped_storage().nbytes()
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return sum(storages.values())
+    return sum(saved_storages(loss, weights).values())
 
 
 class PeakMeter:
@@ -118,15 +101,18 @@ def main() -> None:
                                   dtype=torch.long, device=device)
             for n_experts in args.experts:
                 step, shape = comigs_step_fn(model, ids, n_experts, "auto")
-                step()  # gradients and AdamW moments exist from here on, as on a device mid-round
+                step()  # AdamW moments exist from here on, as on a device mid-round (gradients are
+                # freed by each step's zero_grad, so the measured peak allocates them again)
                 peak = meter.measure(step)
                 adapters = model.new_adapters(shape, torch.Generator().manual_seed(0))
                 for p in adapters.router_parameters():
                     p.requires_grad_(False)  # an expert step, as comigs_step_fn's
-                saved = saved_bytes(model, adapters, ids)
+                # what the estimate counts: the kept tensors, and the two vocab-wide gradients
+                # (log-probabilities', logits') the backward makes first, fp32
+                kept = saved_bytes(model, adapters, ids) + 2 * vocab * batch * seq_len * 4
                 estimate = memory_need(dims, shape, batch, seq_len).activations
-                print(f"{name} E{n_experts} {spec} saved_gb {saved / 1e9:.3f} peak_gb {peak / 1e9:.3f} "
-                      f"estimate_gb {estimate / 1e9:.3f} saved_over_estimate {saved / estimate:.2f} "
+                print(f"{name} E{n_experts} {spec} kept_gb {kept / 1e9:.3f} peak_gb {peak / 1e9:.3f} "
+                      f"estimate_gb {estimate / 1e9:.3f} kept_over_estimate {kept / estimate:.2f} "
                       f"peak_over_estimate {peak / estimate:.2f}", flush=True)
                 del step, adapters
         del model

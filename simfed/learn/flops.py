@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from simfed.learn.adapters import AdaptedModel, AdapterShape
+from simfed.learn.saved_tensors import kept_per_element
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class ModelDims:
     attn_linears: tuple[tuple[int, int], ...]  # (in, out) of each attention projection in a layer
     mlp_up: tuple[tuple[int, int], ...]  # (in, out) of the MLP's input-side linears
     mlp_down: tuple[int, int]
+    # d_ff-wide tensors the MLP's activation keeps for backward (`saved_tensors.kept_per_element`):
+    # 1 for silu or exact GELU, 4 for GPT-2's tanh-GELU in elementary ops; memory only
+    mlp_act_kept: int = 1
 
     @staticmethod
     def of(model: AdaptedModel) -> "ModelDims":
@@ -58,6 +62,7 @@ class ModelDims:
             attn_linears=tuple((s.d_in, s.d_out) for s in sites.values()),
             mlp_up=tuple(tuple(d) for d in mlp.up_dims),
             mlp_down=tuple(mlp.down_dims),
+            mlp_act_kept=kept_per_element(mlp.activation),
         )
 
 

@@ -12,19 +12,27 @@ attention / expert LoRA ranks, B × T the batch, d_ff the MLP width (mlp_down's 
     trainable P = L · (r_a · Σ_attn (in+out) + E · r_m · Σ_mlp (in+out) + [router] · E · d)
                   (LoRA A and B of every site and expert, plus the router)
     adapters    = 4 · 4 · P   (fp32 weights, gradients, AdamW first and second moments)
-    activations ≈ a · B · T · (L · (8·d + (2 + [gated]) · k · d_ff) + 2 · V)
-                  (per token and layer: ~8 d-wide tensors kept for backward — norms, q/k/v,
-                   attention output, residuals — and the MLP's hidden tensors once per selected
-                   expert, k = min(2, E) (`flops.active_experts`: unselected experts never run);
-                   logits and their gradient at the head. An estimate: attention scores, the
-                   allocator's slack and the framework's own footprint are not counted.)
+    activations ≈ a · B · T · (L · (8·d + (h + 1 + 2·[gated]) · k · d_ff) + 3 · V)
+                  (what autograd keeps for the backward, per token and layer: ~8 d-wide tensors —
+                   norms, q/k/v, attention output, the LoRA inputs — and, once per selected expert,
+                   k = min(2, E) (`flops.active_experts`: unselected experts never run), the tensors
+                   the activation keeps (h = `ModelDims.mlp_act_kept`, counted on the model's own
+                   activation by `saved_tensors.kept_per_element`: 1 for silu, 4 for GPT-2's
+                   tanh-GELU), the hidden h_e the output-side LoRA reads, and, gated, the product's
+                   two factors; at the head the log-probabilities the loss keeps, and at the start
+                   of the backward their gradient and the logits' gradient. Attention scores (the
+                   fused kernels keep none), the allocator's slack and the framework's own footprint
+                   are not counted.)
 
-Measured against simfed's own eager training (bench/memory_need.py, fp32 on a CPU, batches 4 × 64
-to 8 × 128): the tensors autograd keeps are 0.94–1.26× the activation term for SmolLM2 (E = 1, 2,
-4) and 1.25–1.79× for GPT-2 (HF's tanh-GELU keeps ~5 d_ff-wide tensors an expert, not 2), and a
-step's peak, with the backward's transients, 1.55–2.24× and 2.38–3.02×. So under
-`memory_policy: exclude | shrink` a device admitted here can need up to about 3× this term in
-a PyTorch-eager stack; the formula counts the tensors a step must keep, not one framework's peak.
+Measured against simfed's own eager training (bench/memory_need.py: fp32, AMD EPYC CPU, batches
+4 × 64, 4 × 128 and 8 × 128, a CoMiGS expert step with E = 1, 2 and 4): what autograd keeps plus
+the two vocab-wide gradients is 0.96–0.97× this term for SmolLM2-135M at E ≤ 2 and 1.00× for
+GPT-2 124M; at E = 4 1.14× for both, the host's grouped path keeping its token-sorted copies,
+which a device's kernel need not make (so they are left out). The process's peak RSS is
+1.22–1.32× (SmolLM2) and 1.41–1.72× (GPT-2) at E ≤ 2: the allocator's slack, freed temporaries
+between kept tensors, most where the written-out GELU makes many. (The formula before this one
+counted 3 d_ff-wide tensors for a gated MLP and 2 for GPT-2's, and 2·V at the head: 0.39–0.64×
+of the peak.)
 
 `memory_need` is their sum; a device fits if it is at most the device's RAM. The engine asks the
 workload for it when `world.memory_policy` is not `ignore` (see simfed/sim/engine.py).
@@ -91,8 +99,9 @@ def memory_need(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: 
     b = weight_bytes
     a = weight_bytes if activation_bytes is None else activation_bytes
     d_ff = dims.mlp_down[0]
-    hidden = len(dims.mlp_up) + 1  # GPT-2: fc output and activation; gated: gate, up and their product
-    per_token = dims.n_layers * (8 * dims.d_model + hidden * active_experts(shape) * d_ff) + 2 * dims.vocab
+    gated = len(dims.mlp_up) > 1
+    hidden = dims.mlp_act_kept + 1 + (2 if gated else 0)  # the activation's, h_e, act(gate) and up
+    per_token = dims.n_layers * (8 * dims.d_model + hidden * active_experts(shape) * d_ff) + 3 * dims.vocab
     return MemoryNeed(
         base=b * base_params(dims),
         adapters=4 * 4 * trainable_params(dims, shape),

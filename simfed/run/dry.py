@@ -41,6 +41,7 @@ from simfed.learn.lora import linear_dims
 from simfed.learn.matching import device_shape
 from simfed.learn.memory import DTYPE_BYTES, memory_need, shrink_search
 from simfed.learn.merge_flops import mean_flops
+from simfed.learn.saved_tensors import kept_per_element
 from simfed.learn.methods.base import ShapeCosts
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.registry import can, kinds_with, method_class
@@ -94,6 +95,7 @@ def model_dims(card: ModelCard) -> ModelDims:
         attn_linears=tuple(tuple(linear_dims(_module(layer, path))) for path in card.attention),
         mlp_up=tuple(tuple(linear_dims(_module(mlp, name))) for name in card.mlp.up),
         mlp_down=tuple(linear_dims(_module(mlp, card.mlp.down))),
+        mlp_act_kept=kept_per_element(_module(mlp, card.mlp.activation)),  # weightless: meta answers
     )
 
 

@@ -1,6 +1,7 @@
 """Memory need of training (simfed/learn/memory.py), hand-computed on tiny-gpt2, and the engine's exclusion."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from simfed.learn.adapters import AdapterShape
@@ -24,9 +25,10 @@ def test_memory_need_by_hand_on_tiny_gpt2(tiny_gpt2):
     need = memory_need(dims, shape, batch_size=4, seq_len=64)
     assert need.base == 4 * 114_752 == 459_008
     assert need.adapters == 16 * 26_880 == 430_080  # fp32 weights, grads, two AdamW moments
-    # activations: 4·64 tokens × 4 B × (2 layers × (8·64 + 2·2·256) + 2·257) = 1024 × 3586
-    assert need.activations == 1024 * 3586 == 3_672_064
-    assert need.total == 4_561_152
+    # activations: 4·64 tokens × 4 B × (2 layers × (8·64 + (4 + 1)·2·256) + 3·257) = 1024 × 6915:
+    # GPT-2's tanh-GELU keeps 4 tensors of d_ff (below), the down LoRA reads h_e, 2 experts
+    assert need.activations == 1024 * 6915 == 7_080_960
+    assert need.total == 459_008 + 430_080 + 7_080_960
 
 
 def test_trainable_params_equal_the_real_adapters(tiny_gpt2):
@@ -112,4 +114,48 @@ def test_memory_counts_the_cards_weight_dtype_and_the_compute_dtype(tiny_gpt2):
     fp32 = memory_need(dims, shape, batch_size=4, seq_len=64)
     bf16 = memory_need(dims, shape, batch_size=4, seq_len=64, weight_bytes=2, activation_bytes=2)
     assert bf16.base == 2 * 114_752 and bf16.adapters == fp32.adapters == 16 * 26_880
-    assert bf16.activations == 1024 * 3586 // 2
+    assert bf16.activations == 1024 * 6915 // 2
+
+
+def test_the_activation_keeps_what_its_backward_needs(tiny_gpt2, tiny_llama):
+    """silu'(x) needs x: one tensor. GPT-2's GELU, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))) in
+    elementary ops: x³'s derivative needs x, tanh's its result, and the last product its two
+    factors 0.5·x and 1 + tanh(…): four (the products by constants keep nothing of input size).
+    The dry-mode skeleton (meta device, from the card alone) counts the same."""
+    from transformers.activations import NewGELUActivation
+
+    from simfed.learn.model_card import load_card
+    from simfed.learn.saved_tensors import kept_per_element
+    from simfed.run.dry import model_dims
+
+    assert kept_per_element(torch.nn.functional.silu) == 1
+    assert kept_per_element(NewGELUActivation()) == 4
+    assert kept_per_element(torch.nn.Identity()) == 0  # no graph of its own
+    assert ModelDims.of(tiny_gpt2).mlp_act_kept == 4 and ModelDims.of(tiny_llama).mlp_act_kept == 1
+    assert model_dims(load_card("tiny-gpt2")) == ModelDims.of(tiny_gpt2)
+    assert model_dims(load_card("tiny-llama")) == ModelDims.of(tiny_llama)
+
+
+@pytest.mark.parametrize("n_experts", [1, 2])
+@pytest.mark.parametrize("card", ["gpt2", "llama"])
+def test_the_activation_term_is_what_a_real_step_keeps(request, card, n_experts):
+    """memory_need's activation term against an expert step's own autograd graph: the tensors the
+    forward saved (walked, each storage once, weights left out) plus the two vocab-wide fp32
+    gradients the backward makes first (log-probabilities', logits'), within 10% — the formula's
+    8 d-wide tensors a layer is its one approximation (norm statistics, GQA's narrower k and v)."""
+    from simfed.learn.local_update import next_token_loss
+    from simfed.learn.saved_tensors import saved_storages
+
+    model = request.getfixturevalue(f"tiny_{card}")
+    shape = AdapterShape(n_experts, mlp_rank=8, attn_rank=8)
+    adapters = model.new_adapters(shape, torch.Generator().manual_seed(0))
+    for p in adapters.router_parameters():
+        p.requires_grad_(False)  # an expert step
+    ids = torch.randint(0, 257, (4, 65), generator=torch.Generator().manual_seed(1))
+    weights = {t.untyped_storage().data_ptr()
+               for t in [*model.model.parameters(), *model.model.buffers(), *adapters.parameters()]}
+    with model.using(adapters):
+        loss = next_token_loss(model, ids)
+    kept = sum(saved_storages(loss, weights).values()) + 2 * 257 * (4 * 64) * 4
+    need = memory_need(ModelDims.of(model), shape, batch_size=4, seq_len=64).activations
+    assert kept == pytest.approx(need, rel=0.10)
