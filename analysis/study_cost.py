@@ -73,11 +73,12 @@ def eval_tokens(test_tokens: int, seq_len: int, windows) -> int:
     return seq_len * (n_fit if windows == "all" else min(int(windows), n_fit))
 
 
-def study_cost(path: Path) -> tuple[Cost, dict[str, Cost]]:
-    """(total, per method) cost of the study's seeds."""
+def study_cost(path: Path, dims: ModelDims | None = None) -> tuple[Cost, dict[str, Cost]]:
+    """(total over the seeds, per method for one seed) cost of the study; `dims`: the model's
+    shapes where the caller has them (else read from the scenario's model card)."""
     s = load_scenario(path)
     t, rounds = s.training, s.world.server.rounds
-    dims = dims_of(s.model)
+    dims = dims or dims_of(s.model)
     n = s.world.n_devices
     users = [s.data.users[i % len(s.data.users)] for i in range(n)]
     test = [u.size("test") for u in users]

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The GPU path in ONE command (under 8 minutes on one H100/H200-class GPU):
+# The GPU path in ONE command, within GPU_CHECK_BUDGET_S (480 s, the 8 minutes; a step that would start later is skipped):
 #   1. the GPU tests: tests/run/test_gpu.py and batched-vs-sequential equality on CUDA
 #      (tests/learn/test_batched.py::test_batched_equals_sequential_on_cuda);
 #   2. bench/local_step.py on CUDA (fp32 and bf16 autocast; expert paths auto = dense and grouped),
 #      and bench/paper_step.py: a paper-scale step (64 x 128) on the SmolLM2 and GPT-2 shapes,
 #      tokens/s, the fraction of the GPU's bf16 peak, and one Table 1 column's time from them;
-#      bench/memory_need.py: a step's saved and peak memory on CUDA against simfed.learn.memory;
 #   3. bench/batched.py on CUDA (K = 4, 8, 16; CoMiGS-1GXS and HetLoRA);
-#   4. phones_mixed on CUDA, one by one and with executor.batch_devices 8 (wall time of each).
+#   4. phones_mixed on CUDA, one by one and with executor.batch_devices 8 (wall time of each);
+#   5. bench/memory_need.py: a step's kept and peak memory on CUDA against simfed.learn.memory.
 # Every figure goes to OUTDIR/figures.txt (one a line, `name value`), every log to OUTDIR/logs/
 # and, packed, OUTDIR/logs.tgz. With --compact OUTDIR/logs/ is removed after packing (the device
 # tool brings back at most 8 files).
@@ -50,14 +50,31 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 [ -d "$REPO/.gpu/cache" ] && export SIMFED_CACHE=${SIMFED_CACHE:-$REPO/.gpu/cache}
 [ -d "$REPO/shared/traces" ] && export SIMFED_TRACES=${SIMFED_TRACES:-$REPO/shared/traces}
 
+# logs packed however the check ends (a step past its limit, an error, the caller's kill)
+pack() {
+  tar -czf "$OUTDIR/logs.tgz" -C "$OUTDIR" logs 2> /dev/null
+  [ $COMPACT -eq 1 ] && rm -rf "$LOGS"
+  echo "# figures: $FIG; logs: $OUTDIR/logs.tgz"
+}
+trap pack EXIT
 fig() { echo "$1 $2" | tee -a "$FIG"; }
 note() { echo "# $*" | tee -a "$FIG"; }
 elapsed() { echo $(( $(date +%s) - START )); }
+# the whole check's own limit, 8 minutes (the device tool ends a command at 600 s): a step gets at most what
+# is left of it, and one that would start with under 20 s left is skipped, so that the figures
+# and logs of the steps before it always come back
+BUDGET=${GPU_CHECK_BUDGET_S:-480}
 # step NAME TIMEOUT_S COMMAND...: run with a time limit, log to logs/NAME.log, record its status
 step() {
   local name=$1 limit=$2
   shift 2
-  local t0 rc
+  local t0 rc left
+  left=$(( BUDGET - $(elapsed) - 5 ))
+  if [ "$left" -lt 20 ]; then
+    note "$name skipped: the check's ${BUDGET}s budget is spent"
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   t0=$(date +%s.%N)
   timeout --kill-after=10 "$limit" "$@" > "$LOGS/$name.log" 2>&1
   rc=$?
@@ -136,16 +153,6 @@ step paper_step 150 "$PY" bench/paper_step.py --device "$DEVICE" $PAPER_ARGS
 grep -v '^#' "$LOGS/paper_step.log" | grep -E '^[A-Za-z0-9_.-]+ [-0-9.e+]+$' | sed 's/^/paper_step_/' >> "$FIG"
 grep -E '^# .*(unavailable|Table 1)' "$LOGS/paper_step.log" >> "$FIG"
 
-# --- 2c. what a step holds in memory against simfed.learn.memory's estimate (fp32) ---------------
-if [ $CPU -eq 1 ]; then
-  MEM_ARGS="--models tiny-llama --shapes 2x16 --experts 1 2"
-else
-  MEM_ARGS="--models $MODEL gpt2-124m-random --shapes 4x128 8x128 --experts 1 2 4"
-fi
-# shellcheck disable=SC2086
-step memory_need 120 "$PY" bench/memory_need.py --device "$DEVICE" $MEM_ARGS
-grep -v '^#' "$LOGS/memory_need.log" | grep -E 'kept_gb' | sed 's/^/# memory_need /' >> "$FIG"
-
 # --- 3. batched vs one by one, a round of K devices ---------------------------------------------
 # shellcheck disable=SC2086
 step batched 240 "$PY" bench/batched.py --device "$DEVICE" --model "$MODEL" --k $KS --rounds $ROUNDS
@@ -182,7 +189,14 @@ else:
     print("# phones_mixed: a run did not finish (logs/scenario_batch*.log)")
 EOF
 
+# --- 5. what a step holds in memory against simfed.learn.memory's estimate (fp32; last: least needed)
+if [ $CPU -eq 1 ]; then
+  MEM_ARGS="--models tiny-llama --shapes 2x16 --experts 1 2"
+else
+  MEM_ARGS="--models $MODEL gpt2-124m-random --shapes 4x128 8x128 --experts 1 2 4"
+fi
+# shellcheck disable=SC2086
+step memory_need 120 "$PY" bench/memory_need.py --device "$DEVICE" $MEM_ARGS
+grep -v '^#' "$LOGS/memory_need.log" | grep -E 'kept_gb' | sed 's/^/# memory_need /' >> "$FIG"
+
 fig total_wall_s "$(elapsed)"
-tar -czf "$OUTDIR/logs.tgz" -C "$OUTDIR" logs 2> /dev/null
-[ $COMPACT -eq 1 ] && rm -rf "$LOGS"
-echo "# figures: $FIG; logs: $OUTDIR/logs.tgz"

@@ -60,8 +60,9 @@ from simfed.learn.flops import ModelDims, step_flops
 ROOT = Path(__file__).resolve().parents[1]
 RANK = 8
 # dense (no sparsity) bf16 tensor-core TFLOP/s, NVIDIA datasheets; the more specific name first
-PEAK_BF16 = [("H200 NVL", 835.0), ("H200", 989.4), ("GH200", 989.4), ("H100 NVL", 835.0),
-             ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0)]
+PEAK_BF16 = [("GH200", 989.4), ("H200 NVL", 835.0), ("H200", 989.4), ("H100 NVL", 835.0),
+             ("H100 PCIe", 756.0), ("H100", 989.4), ("A100", 312.0), ("L40S", 362.1), ("L40", 181.0),
+             ("L4", 121.0)]
 # one column of the paper-scale Table 1, per model family
 TABLE1 = {"smollm2": ROOT / "scenarios/paper_scale/table1_multilingual.yaml",
           "gpt2": ROOT / "scenarios/paper_scale/table1_multilingual_gpt2_hub.yaml"}
@@ -86,16 +87,53 @@ def study_cost_module():
     return module
 
 
-def table1_seconds(path: Path, rate: dict[str, float]) -> tuple[float, float]:
-    """(FLOPs, seconds) of the study at `path`: each method's FLOPs at its shape's rate
-    (mixtures at comigs_1g1s's, everything else and round 0 at lora's)."""
+def table1_seconds(path: Path, dims: ModelDims, rate: dict[str, float]) -> tuple[float, float, int]:
+    """(FLOPs, seconds, seeds) of the study at `path` on a model of shapes `dims` (the measured
+    model's: the scenario's own card may not load here): each method's FLOPs at its shape's
+    rate (mixtures at comigs_1g1s's, everything else and round 0 at lora's)."""
     cost = study_cost_module()
-    total, per_method = cost.study_cost(path)
-    kinds = {m.name: m.kind for m in load_scenario(path).methods}
-    seeds = len(load_scenario(path).seeds)
+    total, per_method = cost.study_cost(path, dims)  # total over the seeds, per method one seed
+    scenario = load_scenario(path)
+    kinds = {m.name: m.kind for m in scenario.methods}
+    seeds = len(scenario.seeds)
     mixture_flops = sum(c.flops for name, c in per_method.items() if kinds[name] in cost.MIXTURE_KINDS) * seeds
     seconds = mixture_flops / rate["comigs_1g1s"] + (total.flops - mixture_flops) / rate["lora"]
-    return total.flops, seconds
+    return total.flops, seconds, seeds
+
+
+def measure(requested: str, args: argparse.Namespace, device: torch.device, peak: float | None) -> None:
+    """Both steps on one model, their figures, and its Table 1 column's time."""
+    model, name = load_model(requested, args.device, args.precision)
+    family = next((f for f in TABLE1 if name.startswith(f)), None)  # None: a smoke-test model
+    vocab = int(model.model.config.vocab_size)
+    rng = np.random.default_rng(0)
+    ids = torch.as_tensor(rng.integers(0, vocab, size=(args.batch, args.seq_len + 1)), dtype=torch.long,
+                          device=device)
+    dims = ModelDims.of(model)
+    steps = {label: comigs_step_fn(model, ids, e, "auto")[0] for label, e in STEPS.items()}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(args.steps):  # alternate, so that background load hits both alike
+        for label, step in steps.items():
+            times[label].append(timed(step))
+    print(f"# {name} (autocast {model.autocast}): steps {({k: ['%.3f' % t for t in v] for k, v in times.items()})}")
+    rate = {}
+    for label, e in STEPS.items():
+        median = statistics.median(times[label])
+        rate[label] = step_flops(dims, AdapterShape(e, RANK, RANK), args.batch, args.seq_len, "experts") / median
+        print(f"{name}_{label}_step_s {median:.4f}")
+        print(f"{name}_{label}_tokens_per_s {args.batch * args.seq_len / median:.1f}")
+        print(f"{name}_{label}_flops_per_s {rate[label]:.4g}")
+        if peak:
+            print(f"{name}_{label}_frac_of_bf16_peak {rate[label] / peak:.4f}")
+    if family is None:
+        return
+    flops, seconds, seeds = table1_seconds(TABLE1[family], dims, rate)
+    print(f"# {name}: one Table 1 column ({TABLE1[family].relative_to(ROOT)}, {seeds} seeds) = "
+          f"{flops / 1e15:.1f} PFLOP at the measured rates; the moonshot asks <= 10 min")
+    print(f"{name}_table1_column_min {seconds / 60:.2f}", flush=True)
 
 
 def main() -> None:
@@ -118,41 +156,12 @@ def main() -> None:
     print(f"# {where}; bf16 peak {'%.4g' % peak if peak else 'unknown'} FLOP/s; {args.batch} x {args.seq_len} "
           f"tokens a step, median of {args.steps} after {args.warmup} warm-up, {args.threads} threads")
     for requested in args.models:
-        model, name = load_model(requested, args.device, args.precision)
-        family = next((f for f in TABLE1 if name.startswith(f)), None)  # None: a smoke-test model
-        vocab = int(model.model.config.vocab_size)
-        rng = np.random.default_rng(0)
-        ids = torch.as_tensor(rng.integers(0, vocab, size=(args.batch, args.seq_len + 1)), dtype=torch.long,
-                              device=device)
-        dims = ModelDims.of(model)
-        steps = {label: comigs_step_fn(model, ids, e, "auto")[0] for label, e in STEPS.items()}
-        for _ in range(args.warmup):
-            for step in steps.values():
-                step()
-        times: dict[str, list[float]] = {label: [] for label in steps}
-        for _ in range(args.steps):  # alternate, so that background load hits both alike
-            for label, step in steps.items():
-                times[label].append(timed(step))
-        print(f"# {name} (autocast {model.autocast}): steps {({k: ['%.3f' % t for t in v] for k, v in times.items()})}")
-        rate = {}
-        for label, e in STEPS.items():
-            median = statistics.median(times[label])
-            rate[label] = step_flops(dims, AdapterShape(e, RANK, RANK), args.batch, args.seq_len, "experts") / median
-            print(f"{name}_{label}_step_s {median:.4f}")
-            print(f"{name}_{label}_tokens_per_s {args.batch * args.seq_len / median:.1f}")
-            print(f"{name}_{label}_flops_per_s {rate[label]:.4g}")
-            if peak:
-                print(f"{name}_{label}_frac_of_bf16_peak {rate[label] / peak:.4f}")
-        if family is None:
-            continue
-        flops, seconds = table1_seconds(TABLE1[family], rate)
-        print(f"# {name}: one Table 1 column ({TABLE1[family].relative_to(ROOT)}, 3 seeds) = {flops / 1e15:.1f} PFLOP "
-              f"at the measured rates; the moonshot asks <= 10 min")
-        print(f"{name}_table1_column_min {seconds / 60:.2f}", flush=True)
-        del model, steps
+        try:
+            measure(requested, args, device, peak)
+        except Exception as err:  # noqa: BLE001 - one model's failure must not cost the other's figures
+            print(f"# {requested} failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}", flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
-
 
 if __name__ == "__main__":
     main()

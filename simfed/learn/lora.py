@@ -468,15 +468,20 @@ class MixtureMLP(nn.Module):
 
         Graphs are per (shape, E, rank, which tensors need gradients, grad mode) over ALL sites
         and models of the process (dynamo caches them on `_dense_terms`' code), and a run meets
-        many: a GPU run of CoMiGS-1GXS alone needs E 2..4 × {expert step, router step,
-        evaluation} = 9, past dynamo's default limit of 8 compiles a function, beyond which it
-        runs the eager code with a log line only. The call raises that limit for this function's
-        compiles (dynamo reads it when it compiles, which happens inside the call) to
-        `FUSED_RECOMPILE_LIMIT`, and leaves the process-wide setting as it was."""
+        many: a GPU run of CoMiGS-1GXS alone needs at least E 2..4 × {expert step, router step,
+        evaluation} = 9 (more with an evaluation's last, shorter batch), past dynamo's default
+        limit of 8 compiles a function, beyond which it runs the eager code with a log line only.
+        The call raises that limit for this function's compiles (dynamo reads it when it
+        compiles, which happens inside the call) to `FUSED_RECOMPILE_LIMIT`, and leaves the
+        process-wide setting as it was. One patch object serves every call: each new one would
+        leave a context variable behind in torch's config."""
         compiled = torch.compile(self._dense_terms, dynamic=False)
+        config = torch._dynamo.config
+        name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+        raised_limit = config.patch(**{name: FUSED_RECOMPILE_LIMIT})
 
         def fused(*args: object) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch._dynamo.config.patch(recompile_limit=FUSED_RECOMPILE_LIMIT):
+            with raised_limit:
                 return compiled(*args)
 
         return fused
