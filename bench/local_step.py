@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -90,6 +91,19 @@ def timed(step) -> float:
     return time.perf_counter() - start
 
 
+def alternating_times(steps: dict[str, Callable[[], float]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of each step, `repeats` times after `warmup` untimed rounds, the steps taking
+    turns, so that background load hits all alike."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(repeats):
+        for label, step in steps.items():
+            times[label].append(timed(step))
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
@@ -122,13 +136,7 @@ def main() -> None:
                 steps[label], shapes[label] = comigs_step_fn(model, ids, e, compute, fused)
     peft, peft_params = peft_step_fn(card, ids, autocast)
     steps["peft_lora"], shapes["peft_lora"] = peft, AdapterShape(1, RANK, RANK)
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {label: [] for label in steps}
-    for _ in range(args.steps):  # alternate, so that background load hits all alike
-        for label, step in steps.items():
-            times[label].append(timed(step))
+    times = alternating_times(steps, args.warmup, args.steps)
     print(f"# {args.model} on {args.device} ({args.precision}), batch {BATCH} x {SEQ_LEN}, {args.threads} threads, median of {args.steps} "
           f"after {args.warmup} warm-up; peft trainable params {peft_params}")
     per_s = {}

@@ -43,7 +43,6 @@ there with `--batch 16`, which runs at the same FLOP/s within this CPU's noise. 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 from pathlib import Path
@@ -52,12 +51,14 @@ import numpy as np
 import torch
 
 from batched import load_model
-from local_step import comigs_step_fn, timed
+from local_step import alternating_times, comigs_step_fn
 from simfed.config import load_scenario
 from simfed.learn.adapters import AdapterShape
 from simfed.learn.flops import ModelDims, step_flops
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # analysis/ is a folder of scripts: importable from the repository root
+from analysis import study_cost  # noqa: E402
 RANK = 8
 # dense (no sparsity) bf16 tensor-core TFLOP/s, NVIDIA datasheets; the more specific name first
 PEAK_BF16 = [("GH200", 989.4), ("H200 NVL", 835.0), ("H200", 989.4), ("H100 NVL", 835.0),
@@ -79,24 +80,15 @@ def bf16_peak(device: torch.device, override_tflops: float | None) -> float | No
     return next((tf * 1e12 for key, tf in PEAK_BF16 if key in name), None)
 
 
-def study_cost_module():
-    spec = importlib.util.spec_from_file_location("analysis_study_cost", ROOT / "analysis" / "study_cost.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def table1_seconds(path: Path, dims: ModelDims, rate: dict[str, float]) -> tuple[float, float, int]:
     """(FLOPs, seconds, seeds) of the study at `path` on a model of shapes `dims` (the measured
     model's: the scenario's own card may not load here): each method's FLOPs at its shape's
     rate (mixtures at comigs_1g1s's, everything else and round 0 at lora's)."""
-    cost = study_cost_module()
-    total, per_method = cost.study_cost(path, dims)  # total over the seeds, per method one seed
+    total, per_method = study_cost.study_cost(path, dims)  # total over the seeds, per method one seed
     scenario = load_scenario(path)
     kinds = {m.name: m.kind for m in scenario.methods}
     seeds = len(scenario.seeds)
-    mixture_flops = sum(c.flops for name, c in per_method.items() if kinds[name] in cost.MIXTURE_KINDS) * seeds
+    mixture_flops = sum(c.flops for name, c in per_method.items() if kinds[name] in study_cost.MIXTURE_KINDS) * seeds
     seconds = mixture_flops / rate["comigs_1g1s"] + (total.flops - mixture_flops) / rate["lora"]
     return total.flops, seconds, seeds
 
@@ -111,13 +103,7 @@ def measure(requested: str, args: argparse.Namespace, device: torch.device, peak
                           device=device)
     dims = ModelDims.of(model)
     steps = {label: comigs_step_fn(model, ids, e, "auto")[0] for label, e in STEPS.items()}
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {label: [] for label in steps}
-    for _ in range(args.steps):  # alternate, so that background load hits both alike
-        for label, step in steps.items():
-            times[label].append(timed(step))
+    times = alternating_times(steps, args.warmup, args.steps)
     print(f"# {name} (autocast {model.autocast}): steps {({k: ['%.3f' % t for t in v] for k, v in times.items()})}")
     rate = {}
     for label, e in STEPS.items():
