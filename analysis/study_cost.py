@@ -39,7 +39,8 @@ from simfed.learn.flops import ModelDims, forward_flops, step_activation_bytes, 
 # GPT-2 124M (Radford et al. 2019; transformers' GPT2Config defaults): the card needs the hub to
 # load, so its shapes are written out here
 GPT2_DIMS = ModelDims(n_layers=12, d_model=768, d_attn=768, vocab=50257,
-                      attn_linears=((768, 2304), (768, 768)), mlp_up=((768, 3072),), mlp_down=(3072, 768))
+                      attn_linears=((768, 2304), (768, 768)), mlp_up=((768, 3072),), mlp_down=(3072, 768),
+                      mlp_act_kept=4)  # HF's tanh-GELU (gelu_new) keeps 4 (simfed.learn.saved_tensors)
 ROUTER_PHASE_KINDS = ("comigs",)
 NO_TRAINING = ("pretrained",)
 MIXTURE_KINDS = ("comigs", "local_moe", "fedavg_moe", "pfedmoe")

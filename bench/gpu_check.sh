@@ -60,6 +60,7 @@ trap pack EXIT
 fig() { echo "$1 $2" | tee -a "$FIG"; }
 note() { echo "# $*" | tee -a "$FIG"; }
 elapsed() { echo $(( $(date +%s) - START )); }
+on_cpu_or_gpu() { if [ "$CPU" -eq 1 ]; then echo "$1"; else echo "$2"; fi; }  # a step's arguments
 # the whole check's own limit, 8 minutes (the device tool ends a command at 600 s): a step gets at most what
 # is left of it, and one that would start with under 20 s left is skipped, so that the figures
 # and logs of the steps before it always come back
@@ -143,11 +144,8 @@ for precision in float32 bfloat16; do
 done
 
 # --- 2b. a paper-scale step (64 x 128): tokens/s, fraction of bf16 peak, one Table 1 column -----
-if [ $CPU -eq 1 ]; then
-  PAPER_ARGS="--models tiny-llama gpt2-124m-random --batch 2 --seq-len 16 --steps 1 --warmup 1"
-else
-  PAPER_ARGS="--models $MODEL gpt2-124m-random --steps 5 --warmup 2"
-fi
+PAPER_ARGS=$(on_cpu_or_gpu "--models tiny-llama gpt2-124m-random --batch 2 --seq-len 16 --steps 1 --warmup 1" \
+  "--models $MODEL gpt2-124m-random --steps 5 --warmup 2")
 # shellcheck disable=SC2086
 step paper_step 150 "$PY" bench/paper_step.py --device "$DEVICE" $PAPER_ARGS
 grep -v '^#' "$LOGS/paper_step.log" | grep -E '^[A-Za-z0-9_.-]+ [-0-9.e+]+$' | sed 's/^/paper_step_/' >> "$FIG"
@@ -190,11 +188,8 @@ else:
 EOF
 
 # --- 5. what a step holds in memory against simfed.learn.memory's estimate (fp32; last: least needed)
-if [ $CPU -eq 1 ]; then
-  MEM_ARGS="--models tiny-llama --shapes 2x16 --experts 1 2"
-else
-  MEM_ARGS="--models $MODEL gpt2-124m-random --shapes 4x128 8x128 --experts 1 2 4"
-fi
+MEM_ARGS=$(on_cpu_or_gpu "--models tiny-llama --shapes 2x16 --experts 1 2" \
+  "--models $MODEL gpt2-124m-random --shapes 4x128 8x128 --experts 1 2 4")
 # shellcheck disable=SC2086
 step memory_need 120 "$PY" bench/memory_need.py --device "$DEVICE" $MEM_ARGS
 grep -v '^#' "$LOGS/memory_need.log" | grep -E 'kept_gb' | sed 's/^/# memory_need /' >> "$FIG"

@@ -12,7 +12,7 @@ attention / expert LoRA ranks, B × T the batch, d_ff the MLP width (mlp_down's 
     trainable P = L · (r_a · Σ_attn (in+out) + E · r_m · Σ_mlp (in+out) + [router] · E · d)
                   (LoRA A and B of every site and expert, plus the router)
     adapters    = 4 · 4 · P   (fp32 weights, gradients, AdamW first and second moments)
-    activations ≈ a · B · T · (L · (8·d + (h + 1 + 2·[gated]) · k · d_ff) + 3 · V)
+    activations ≈ B · T · (a · L · (8·d + (h + 1 + 2·[gated]) · k · d_ff) + 4 · 3 · V)
                   (what autograd keeps for the backward, per token and layer: ~8 d-wide tensors —
                    norms, q/k/v, attention output, the LoRA inputs — and, once per selected expert,
                    k = min(2, E) (`flops.active_experts`: unselected experts never run), the tensors
@@ -20,19 +20,23 @@ attention / expert LoRA ranks, B × T the batch, d_ff the MLP width (mlp_down's 
                    activation by `saved_tensors.kept_per_element`: 1 for silu, 4 for GPT-2's
                    tanh-GELU), the hidden h_e the output-side LoRA reads, and, gated, the product's
                    two factors; at the head the log-probabilities the loss keeps, and at the start
-                   of the backward their gradient and the logits' gradient. Attention scores (the
-                   fused kernels keep none), the allocator's slack and the framework's own footprint
-                   are not counted.)
+                   of the backward their gradient and the logits' gradient, all three fp32 under
+                   any autocast (the loss upcasts the logits). Attention scores (the fused kernels
+                   keep none), the allocator's slack and the framework's own footprint are not
+                   counted.)
 
 Measured against simfed's own eager training (bench/memory_need.py: fp32, AMD EPYC CPU, batches
 4 × 64, 4 × 128 and 8 × 128, a CoMiGS expert step with E = 1, 2 and 4): what autograd keeps plus
 the two vocab-wide gradients is 0.96–0.97× this term for SmolLM2-135M at E ≤ 2 and 1.00× for
-GPT-2 124M; at E = 4 1.14× for both, the host's grouped path keeping its token-sorted copies,
-which a device's kernel need not make (so they are left out). The process's peak RSS is
+GPT-2 124M; at E = 4 1.14× for both: the host's grouped path also keeps the weighted hidden
+w_e·h_e that its down LoRA reads (one more d_ff-wide tensor an expert), which a kernel applying
+w_e at rank r need not keep, so it is left out. The process's peak RSS is
 1.22–1.32× (SmolLM2) and 1.41–1.72× (GPT-2) at E ≤ 2: the allocator's slack, freed temporaries
 between kept tensors, most where the written-out GELU makes many. (The formula before this one
 counted 3 d_ff-wide tensors for a gated MLP and 2 for GPT-2's, and 2·V at the head: 0.39–0.64×
-of the peak.)
+of the peak.) All of this is fp32. Under bf16 autocast the layer term is not validated: autocast
+keeps fp32 norm products and a bf16 copy of each frozen weight for its backward (about 0.27 GB
+for SmolLM2, whatever the batch), which this does not count, so read it as low there.
 
 `memory_need` is their sum; a device fits if it is at most the device's RAM. The engine asks the
 workload for it when `world.memory_policy` is not `ignore` (see simfed/sim/engine.py).
@@ -89,6 +93,7 @@ def trainable_params(dims: ModelDims, shape: AdapterShape) -> int:
 
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+HEAD_BYTES = 4  # the log-probabilities and the two vocab-wide gradients are fp32: logits go .float() first
 
 
 def memory_need(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: int,
@@ -101,9 +106,10 @@ def memory_need(dims: ModelDims, shape: AdapterShape, batch_size: int, seq_len: 
     d_ff = dims.mlp_down[0]
     gated = len(dims.mlp_up) > 1
     hidden = dims.mlp_act_kept + 1 + (2 if gated else 0)  # the activation's, h_e, act(gate) and up
-    per_token = dims.n_layers * (8 * dims.d_model + hidden * active_experts(shape) * d_ff) + 3 * dims.vocab
+    per_token_layers = dims.n_layers * (8 * dims.d_model + hidden * active_experts(shape) * d_ff)
+    head = 3 * dims.vocab * HEAD_BYTES  # the loss runs in fp32 under any autocast (`next_token_loss`)
     return MemoryNeed(
         base=b * base_params(dims),
         adapters=4 * 4 * trainable_params(dims, shape),
-        activations=a * batch_size * seq_len * per_token,
+        activations=batch_size * seq_len * (a * per_token_layers + head),
     )

@@ -2,7 +2,9 @@
 
 A graph node (`grad_fn`) exposes the tensors it saved as `_saved_*` attributes; walking the graph
 from an output and summing each distinct storage once gives the bytes a forward leaves alive for
-its backward — the activation memory of a training step, exactly, without an allocator's slack.
+its backward — the activation memory of a training step without an allocator's slack (tensors a
+custom `autograd.Function` keeps as plain attributes of its ctx are not seen; simfed's own keep
+theirs in `saved_tensors`, which are).
 `simfed.learn.memory` uses it to count the tensors an MLP's activation function keeps (HF's
 activations differ: `silu` keeps its input, GPT-2's tanh-GELU written out in elementary ops keeps
 four input-sized tensors), and bench/memory_need.py to compare the memory model with a real step.
@@ -52,12 +54,17 @@ def _saved_values(node: object) -> list[object]:
 
 
 def kept_per_element(activation: Callable[[torch.Tensor], torch.Tensor]) -> int:
-    """Input-sized tensors `activation` keeps for its backward (its input counted when kept), run
-    once on a small CPU tensor: activation modules hold no weights, so a meta-device skeleton's
-    module answers too. Scalars it saves (below one input's size) are not counted."""
-    x = torch.randn(4, 32, requires_grad=True)
-    y = activation(x)
-    if y.grad_fn is None:
-        return 0
-    sizes = saved_storages(y).values()
+    """Input-sized tensors `activation` keeps for its backward besides its own output (its input
+    counted when kept), run once on a small fp32 CPU tensor: activation modules hold no weights,
+    so a meta-device skeleton's module answers too. Its output is left out because the MLP
+    around it keeps that tensor anyway (the output-side LoRA's input, or a factor of the gated
+    product), whichever op saves it; scalars it saves (below one input's size) are not counted.
+    The input is fixed, not drawn: the probe runs during a method's setup, and drawing from
+    torch's global generator there would shift a run's dropout masks between a run and its resume."""
+    with torch.inference_mode(False), torch.enable_grad():
+        x = torch.linspace(-3.0, 3.0, 128).reshape(4, 32).requires_grad_()
+        y = activation(x)
+        if y.grad_fn is None:
+            return 0
+        sizes = saved_storages(y, exclude={y.untyped_storage().data_ptr()}).values()
     return round(sum(size for size in sizes if size >= x.nbytes) / x.nbytes)

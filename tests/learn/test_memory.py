@@ -107,14 +107,16 @@ def test_dry_mode_shrinks_by_the_same_rule(tiny_gpt2, monkeypatch):
 
 
 def test_memory_counts_the_cards_weight_dtype_and_the_compute_dtype(tiny_gpt2):
-    """A bf16 card halves the frozen weights; bf16 autocast halves the activations; the adapters,
-    trained in fp32 with fp32 AdamW moments, stay at 16 bytes a parameter."""
+    """A bf16 card halves the frozen weights; bf16 autocast halves the layers' activations but not
+    the head's (the loss upcasts the logits); the adapters, trained in fp32 with fp32 AdamW
+    moments, stay at 16 bytes a parameter."""
     dims = ModelDims.of(tiny_gpt2)
     shape = AdapterShape(2, mlp_rank=8, attn_rank=8)
     fp32 = memory_need(dims, shape, batch_size=4, seq_len=64)
     bf16 = memory_need(dims, shape, batch_size=4, seq_len=64, weight_bytes=2, activation_bytes=2)
     assert bf16.base == 2 * 114_752 and bf16.adapters == fp32.adapters == 16 * 26_880
-    assert bf16.activations == 1024 * 6915 // 2
+    # per token: the layers' 2 × (8·64 + 5·2·256) = 6144 at 2 B; the head's 3·257 stays fp32
+    assert bf16.activations == 256 * (6144 * 2 + 3 * 257 * 4) == 3_935_232
 
 
 def test_the_activation_keeps_what_its_backward_needs(tiny_gpt2, tiny_llama):
@@ -131,6 +133,11 @@ def test_the_activation_keeps_what_its_backward_needs(tiny_gpt2, tiny_llama):
     assert kept_per_element(torch.nn.functional.silu) == 1
     assert kept_per_element(NewGELUActivation()) == 4
     assert kept_per_element(torch.nn.Identity()) == 0  # no graph of its own
+    assert kept_per_element(torch.relu) == 0  # keeps only its output, which the MLP keeps anyway
+    state = torch.random.get_rng_state()
+    with torch.no_grad():  # a probe inside a no-grad region still sees the backward's needs
+        assert kept_per_element(torch.nn.functional.silu) == 1
+    assert torch.equal(torch.random.get_rng_state(), state)  # draws nothing: resume stays exact
     assert ModelDims.of(tiny_gpt2).mlp_act_kept == 4 and ModelDims.of(tiny_llama).mlp_act_kept == 1
     assert model_dims(load_card("tiny-gpt2")) == ModelDims.of(tiny_gpt2)
     assert model_dims(load_card("tiny-llama")) == ModelDims.of(tiny_llama)

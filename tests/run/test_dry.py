@@ -147,7 +147,7 @@ def test_a_dry_run_writes_events_and_summary_and_trains_nothing(tmp_path: Path, 
 
 
 def test_memory_policy_exclude_never_selects_devices_the_training_does_not_fit(tmp_path: Path, monkeypatch) -> None:
-    """tiny-gpt2 CoMiGS 1G1S at batch 2 × 32 needs ~1.8 MB (simfed/learn/memory.py): a 1 MB user tier
+    """tiny-gpt2 CoMiGS 1G1S at batch 2 × 32 needs ~2.7 MB (simfed/learn/memory.py): a 1 MB user tier
     cannot hold it, a 1 GB one can."""
     from simfed.run.runner import run_scenario
     from simfed.sim.profiles import USER_PROFILES_ENV
