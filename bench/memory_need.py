@@ -86,13 +86,15 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["4x64", "4x128", "8x128"], help="batch x seq_len")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                        help="bfloat16: the step under bf16 autocast, the estimate with 2-byte activations")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     meter = PeakMeter(device)
-    print(f"# {args.device}, fp32, memory above what the model and adapters hold before the step")
+    print(f"# {args.device}, {args.precision}, memory above what the model and adapters hold before the step")
     for requested in args.models:
-        model, name = load_model(requested, args.device, "float32")
+        model, name = load_model(requested, args.device, args.precision)
         dims = ModelDims.of(model)
         vocab = int(model.model.config.vocab_size)
         for spec in args.shapes:
@@ -110,7 +112,8 @@ def main() -> None:
                 # what the estimate counts: the kept tensors, and the two vocab-wide gradients
                 # (log-probabilities', logits') the backward makes first, fp32
                 kept = saved_bytes(model, adapters, ids) + 2 * vocab * batch * seq_len * 4
-                estimate = memory_need(dims, shape, batch, seq_len).activations
+                activation_bytes = 2 if args.precision == "bfloat16" else 4
+                estimate = memory_need(dims, shape, batch, seq_len, activation_bytes=activation_bytes).activations
                 print(f"{name} E{n_experts} {spec} kept_gb {kept / 1e9:.3f} peak_gb {peak / 1e9:.3f} "
                       f"estimate_gb {estimate / 1e9:.3f} kept_over_estimate {kept / estimate:.2f} "
                       f"peak_over_estimate {peak / estimate:.2f}", flush=True)

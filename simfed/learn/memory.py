@@ -34,9 +34,11 @@ w_e at rank r need not keep, so it is left out. The process's peak RSS is
 1.22–1.32× (SmolLM2) and 1.41–1.72× (GPT-2) at E ≤ 2: the allocator's slack, freed temporaries
 between kept tensors, most where the written-out GELU makes many. (The formula before this one
 counted 3 d_ff-wide tensors for a gated MLP and 2 for GPT-2's, and 2·V at the head: 0.39–0.64×
-of the peak.) All of this is fp32. Under bf16 autocast the layer term is not validated: autocast
-keeps fp32 norm products and a bf16 copy of each frozen weight for its backward (about 0.27 GB
-for SmolLM2, whatever the batch), which this does not count, so read it as low there.
+of the peak.) All of this is fp32. Under bf16 autocast (a = 2) the term is low: autocast keeps
+fp32 norm products and a bf16 copy of each frozen weight for its backward (about 0.27 GB for
+SmolLM2, whatever the batch), which this does not count; measured for SmolLM2 at 4 × 128
+(`bench/memory_need.py --precision bfloat16`), kept 1.54× (E = 1) and 1.42× (E = 2) the term,
+peak 1.96× and 1.75×.
 
 `memory_need` is their sum; a device fits if it is at most the device's RAM. The engine asks the
 workload for it when `world.memory_policy` is not `ignore` (see simfed/sim/engine.py).
