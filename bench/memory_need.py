@@ -38,16 +38,14 @@ from simfed.learn.adapters import AdaptedModel
 from simfed.learn.flops import ModelDims
 from simfed.learn.local_update import next_token_loss
 from simfed.learn.memory import memory_need
-from simfed.learn.saved_tensors import saved_storages
+from simfed.learn.saved_tensors import saved_storages, weight_storages
 
 
 def saved_bytes(model: AdaptedModel, adapters, ids: torch.Tensor) -> int:
     """Bytes of the tensors one forward saves for backward (weights excluded), each storage once."""
-    weights = {p.untyped_storage().data_ptr()
-               for p in [*model.model.parameters(), *model.model.buffers(), *adapters.parameters()]}
     with model.using(adapters):
         loss = next_token_loss(model, ids)
-    return sum(saved_storages(loss, weights).values())
+    return sum(saved_storages(loss, weight_storages(model.model, adapters)).values())
 
 
 class PeakMeter:

@@ -38,6 +38,12 @@ def saved_storages(output: torch.Tensor, exclude: set[int] | frozenset[int] = fr
     return storages
 
 
+def weight_storages(*modules: torch.nn.Module) -> set[int]:
+    """Storage addresses of `modules`' parameters and buffers: what the model holds whether or not
+    a step runs, to leave out of `saved_storages` (a frozen linear's backward keeps its weight)."""
+    return {t.untyped_storage().data_ptr() for m in modules for t in [*m.parameters(), *m.buffers()]}
+
+
 def _saved_values(node: object) -> list[object]:
     """What one graph node saved: built-in nodes as `_saved_<name>` attributes (a tensor, or a
     tuple of them, e.g. an index's), custom `autograd.Function`s in `saved_tensors`."""

@@ -41,11 +41,11 @@ from simfed.learn.lora import linear_dims
 from simfed.learn.matching import device_shape
 from simfed.learn.memory import DTYPE_BYTES, memory_need, shrink_search
 from simfed.learn.merge_flops import mean_flops
-from simfed.learn.saved_tensors import kept_per_element
 from simfed.learn.methods.base import ShapeCosts
 from simfed.learn.methods.common import recipe_for
 from simfed.learn.methods.registry import can, kinds_with, method_class
 from simfed.learn.model_card import ModelCard, load_card
+from simfed.learn.saved_tensors import kept_per_element
 from simfed.learn.spec import MethodSpec, TrainingSpec
 from simfed.run.observers import RunObserver
 from simfed.run.payload import element_size

@@ -151,7 +151,7 @@ def test_the_activation_term_is_what_a_real_step_keeps(request, card, n_experts)
     gradients the backward makes first (log-probabilities', logits'), within 10% — the formula's
     8 d-wide tensors a layer is its one approximation (norm statistics, GQA's narrower k and v)."""
     from simfed.learn.local_update import next_token_loss
-    from simfed.learn.saved_tensors import saved_storages
+    from simfed.learn.saved_tensors import saved_storages, weight_storages
 
     model = request.getfixturevalue(f"tiny_{card}")
     shape = AdapterShape(n_experts, mlp_rank=8, attn_rank=8)
@@ -159,10 +159,8 @@ def test_the_activation_term_is_what_a_real_step_keeps(request, card, n_experts)
     for p in adapters.router_parameters():
         p.requires_grad_(False)  # an expert step
     ids = torch.randint(0, 257, (4, 65), generator=torch.Generator().manual_seed(1))
-    weights = {t.untyped_storage().data_ptr()
-               for t in [*model.model.parameters(), *model.model.buffers(), *adapters.parameters()]}
     with model.using(adapters):
         loss = next_token_loss(model, ids)
-    kept = sum(saved_storages(loss, weights).values()) + 2 * 257 * (4 * 64) * 4
+    kept = sum(saved_storages(loss, weight_storages(model.model, adapters)).values()) + 2 * 257 * (4 * 64) * 4
     need = memory_need(ModelDims.of(model), shape, batch_size=4, seq_len=64).activations
     assert kept == pytest.approx(need, rel=0.10)
