@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU path in ONE command, within GPU_CHECK_BUDGET_S (480 s, the issue's 8 minutes; a step that would start later is skipped):
-#   1. the GPU tests: tests/run/test_gpu.py and batched-vs-sequential equality on CUDA
-#      (tests/learn/test_batched.py::test_batched_equals_sequential_on_cuda);
+#   1. the GPU tests: tests/run/test_gpu.py, batched-vs-sequential equality on CUDA
+#      (tests/learn/test_batched.py::test_batched_equals_sequential_on_cuda) and the frozen
+#      weights' bf16 copies against autocast's own casts on CUDA (tests/learn/test_frozen_casts.py::..._on_cuda);
 #   2. bench/local_step.py on CUDA (fp32 and bf16 autocast; expert paths auto = dense and grouped),
 #      and bench/paper_step.py: a paper-scale step (64 x 128) on the SmolLM2 and GPT-2 shapes,
 #      tokens/s, the fraction of the GPU's bf16 peak, and one Table 1 column's time from them;
@@ -127,7 +128,8 @@ fig model "$MODEL"
 
 # --- 1. the GPU tests (skipped, not failed, on the CPU) ---------------------------------------
 step tests 200 "$PY" -m pytest -q -p no:cacheprovider tests/run/test_gpu.py \
-  "tests/learn/test_batched.py::test_batched_equals_sequential_on_cuda" -rs
+  "tests/learn/test_batched.py::test_batched_equals_sequential_on_cuda" \
+  tests/learn/test_frozen_casts.py::test_a_bf16_step_with_the_copies_is_autocast_bit_for_bit_on_cuda -rs
 fig tests_summary "\"$(tail -n 1 "$LOGS/tests.log")\""
 
 # --- 2. one local step: CoMiGS vs peft ---------------------------------------------------------

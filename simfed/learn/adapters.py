@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from simfed.learn.base_model import BaseModel
+from simfed.learn.frozen_casts import FrozenCasts
 from simfed.learn.lora import (
     LORA_ALPHA, BankRows, ExpertBank, ExpertCompute, LoRALinear, LoRARows, MixtureMLP, StackedLoRA,
 )
@@ -137,6 +138,8 @@ class AdaptedModel:
     def __init__(self, base: BaseModel, autocast: torch.dtype | None = None,
                  expert_compute: ExpertCompute = "auto", fuse_mixture: bool = False) -> None:
         self.base = base
+        # the frozen linear weights cast to the autocast dtype once, not at every matmul
+        self.frozen_casts = FrozenCasts(base.model)
         # mixed precision for every forward/backward with adapters attached (training, routers,
         # evaluation): matmuls in `autocast` (bf16 on a GPU), weights, adapters and AdamW in fp32
         self.autocast = autocast
@@ -167,6 +170,16 @@ class AdaptedModel:
             raise ModelCardError(f"model card '{card.name}': a gated MLP needs two 'up' linears, a plain one needs one")
         self.d_model = int(base.model.config.hidden_size)
         self.attached: DeviceAdapters | None = None
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        """The autocast dtype of every forward with adapters attached (None: plain fp32)."""
+        return self._autocast
+
+    @autocast.setter
+    def autocast(self, dtype: torch.dtype | None) -> None:
+        self._autocast = dtype
+        self.frozen_casts.keep_only(dtype)  # copies of another dtype would only hold memory
 
     @property
     def model(self) -> nn.Module:
@@ -242,10 +255,12 @@ class AdaptedModel:
 
     @contextmanager
     def _precision(self) -> Iterator[None]:
+        """The model's autocast, with the frozen weights' casts made once (simfed/learn/frozen_casts.py)."""
         if self.autocast is None:
             yield
         else:
-            with torch.autocast(device_type=self.device.type, dtype=self.autocast):
+            with torch.autocast(device_type=self.device.type, dtype=self.autocast), \
+                    self.frozen_casts.swapped_in(self.autocast):
                 yield
 
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,9 @@ MIN_STEP_FLOPS = 1e10  # below this a step is too small for bf16 matrix units to
 MIN_SPEEDUP = 1.10  # bf16 must be this much faster than fp32 to be chosen
 PROBE_SHAPE = AdapterShape(n_experts=1, mlp_rank=8, attn_rank=8)
 CACHE_FILE = "cpu_precision.json"
+# how simfed runs a bf16 step, in the cache key: a change that makes bf16 faster or slower (the
+# frozen weights' casts made once, simfed/learn/frozen_casts.py) invalidates earlier measurements
+BF16_PATH = "frozen-casts-once"
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,11 @@ def _cpuinfo() -> str:
 
 
 def cache_key(model_name: str, batch_size: int, seq_len: int) -> str:
-    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {model_name} | {batch_size}x{seq_len}"
+    """What a measurement holds for: the host, torch build, threads, model, step shape, and the way
+    simfed runs bf16 (`BF16_PATH`: a decision measured before the frozen casts were made once is
+    measured again)."""
+    return (f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {model_name} | "
+            f"{batch_size}x{seq_len} | {BF16_PATH}")
 
 
 def choose_cpu_precision(model: AdaptedModel, batch_size: int, seq_len: int, cache_dir: Path | None = None,
