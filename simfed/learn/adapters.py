@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from simfed.learn.base_model import BaseModel
+from simfed.learn.cpu_attention import use_fp32_cpu_attention
 from simfed.learn.frozen_casts import FrozenCasts
 from simfed.learn.lora import (
     LORA_ALPHA, BankRows, ExpertBank, ExpertCompute, LoRALinear, LoRARows, MixtureMLP, StackedLoRA,
@@ -170,6 +171,8 @@ class AdaptedModel:
             raise ModelCardError(f"model card '{card.name}': a gated MLP needs two 'up' linears, a plain one needs one")
         self.d_model = int(base.model.config.hidden_size)
         self.attached: DeviceAdapters | None = None
+        # attention in fp32 where CPU autocast would run it in bf16 (its bf16 kernel is the slower)
+        use_fp32_cpu_attention(base.model)
 
     @property
     def autocast(self) -> torch.dtype | None:

@@ -38,8 +38,9 @@ MIN_SPEEDUP = 1.10  # bf16 must be this much faster than fp32 to be chosen
 PROBE_SHAPE = AdapterShape(n_experts=1, mlp_rank=8, attn_rank=8)
 CACHE_FILE = "cpu_precision.json"
 # how simfed runs a bf16 step, in the cache key: a change that makes bf16 faster or slower (the
-# frozen weights' casts made once, simfed/learn/frozen_casts.py) invalidates earlier measurements
-BF16_PATH = "frozen-casts-once"
+# frozen weights' casts made once, simfed/learn/frozen_casts.py; attention in fp32,
+# simfed/learn/cpu_attention.py) invalidates earlier measurements
+BF16_PATH = "frozen-casts-once, fp32 attention"
 
 
 @dataclass(frozen=True)

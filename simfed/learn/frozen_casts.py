@@ -3,10 +3,10 @@
 Under `torch.autocast(dtype=bf16)` a linear map casts its fp32 operands to bf16 at every call.
 Autocast's own cast cache keeps only leaf tensors that require grad (trainable weights), so the
 frozen base — every weight of the model but the adapters — is read in fp32 and written in bf16
-again at every forward of every step, and the LM head once per device in a batched step. On a
-CPU with bf16 matrix units that costs more than the matmuls gain: a SmolLM2 4 × 64 step took
-1.28 s in bf16 autocast against 1.17 s in fp32, and 0.87 s with the casts made once (Intel Xeon
-with AMX, 2 threads; bench/cpu_precision.py).
+again at every forward of every step, and the LM head once per device in a batched step: 0.8 GB
+of memory traffic a SmolLM2 forward. Made once, a bf16 SmolLM2 step is 1.05-1.09x faster (2 x 64
+0.728 -> 0.670 s, 4 x 64 1.097 -> 1.023 s, 4 x 128 1.760 -> 1.682 s; medians of 4 alternations of
+3 steps, Intel Xeon with AMX, 2 threads; bench/cpu_precision.py --per-call-casts).
 
 `FrozenCasts` makes each copy once and puts it in place of the fp32 weight, on the module that
 uses it, for the time of an autocast region (`AdaptedModel._precision`); the fp32 parameters are
