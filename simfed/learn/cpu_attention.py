@@ -14,7 +14,8 @@ products of attention are fp32 on the bf16-rounded inputs. Everywhere else — f
 
 It is installed as a Hugging Face attention implementation (`AttentionInterface`, the library's
 extension point, with `sdpa`'s mask function), on models that use `sdpa`: a model set to `eager`
-or another implementation keeps it. Registering is process-wide in transformers and idempotent.
+or another implementation keeps it, and so does every model under a transformers older than 4.53
+(no mask functions by name). Registering is process-wide in transformers and idempotent.
 """
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+try:  # transformers >= 4.53 builds masks by attention implementation; before, only `sdpa` skips causal masks
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+except ImportError:  # pragma: no cover - older transformers: stay on `sdpa`
+    AttentionMaskInterface = sdpa_mask = None
 
 NAME = "simfed_sdpa"
 
@@ -42,8 +47,9 @@ def sdpa_fp32_on_cpu(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
 
 
 def use_fp32_cpu_attention(model: nn.Module) -> bool:
-    """Switch `model` from `sdpa` to `sdpa_fp32_on_cpu`; whether it was switched."""
-    if getattr(model.config, "_attn_implementation", None) not in ("sdpa", NAME):
+    """Switch `model` from `sdpa` to `sdpa_fp32_on_cpu`; whether it was switched (not on a
+    transformers too old to give a named implementation `sdpa`'s masks)."""
+    if AttentionMaskInterface is None or getattr(model.config, "_attn_implementation", None) not in ("sdpa", NAME):
         return False
     AttentionInterface.register(NAME, sdpa_fp32_on_cpu)
     AttentionMaskInterface.register(NAME, sdpa_mask)

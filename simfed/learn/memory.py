@@ -38,7 +38,11 @@ of the peak.) All of this is fp32. Under bf16 autocast (a = 2) the term is low: 
 fp32 norm products and a bf16 copy of each frozen weight for its backward (about 0.27 GB for
 SmolLM2, whatever the batch), which this does not count; measured for SmolLM2 at 4 × 128
 (`bench/memory_need.py --precision bfloat16`), kept 1.54× (E = 1) and 1.42× (E = 2) the term,
-peak 1.96× and 1.75×.
+peak 1.96× and 1.75×. (Measured before simfed made those bf16 copies once per run,
+simfed/learn/frozen_casts.py — they now live with the model, not the step, and the bench still
+counts them as kept, since its weight set is the fp32 one — and before a CPU ran attention in
+fp32 under bf16, simfed/learn/cpu_attention.py, which keeps q, k, v and the output in fp32, 2
+bytes more an element.)
 
 `memory_need` is their sum; a device fits if it is at most the device's RAM. The engine asks the
 workload for it when `world.memory_policy` is not `ignore` (see simfed/sim/engine.py).
