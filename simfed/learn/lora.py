@@ -12,6 +12,7 @@ own state dict and parameter list never contain a device's tensors.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -265,6 +266,18 @@ class ExpertBank(nn.Module):
         return weights, top_idx, top_w
 
 
+def _fp32_on_a_cpu(device: torch.device) -> contextlib.AbstractContextManager:
+    """No autocast on a CPU (fp32 math), for the grouped path's per-expert work, whose row counts
+    change at every step and layer: CPU autocast runs a bf16 matmul through oneDNN, which builds
+    (JIT-compiles) a kernel for every new shape, 0.6 ms for a LoRA-sized one and 1.4 ms for a
+    d_ff-wide one, and caches 1024 of them, fewer than the shapes a run's grouped blocks meet, so
+    the cost never goes away: a CoMiGS-1GXS round ran 1.7x slower in bf16 than in fp32. A cached
+    LoRA-sized bf16 matmul is no faster than fp32 (74 vs 60 µs at 160 × 576 × 16), so fp32 loses
+    nothing there and is the more precise (Intel Xeon with AMX, torch 2.13). On a GPU, which builds
+    no kernel per shape, autocast stays; without autocast, nothing changes."""
+    return torch.autocast("cpu", enabled=False) if device.type == "cpu" else contextlib.nullcontext()
+
+
 class _PermuteRows(torch.autograd.Function):
     """x[order] for a permutation `order` of x's rows, whose backward is grad[inverse]: a gather.
 
@@ -317,9 +330,10 @@ class MixtureMLP(nn.Module):
     the tokens routed to it (tokens sorted by expert, as MoE kernels do): k = min(2, E) experts'
     work per token instead of E — what a device does and what `simfed.learn.flops` charges.
     `auto` (the default) is grouped exactly when a router selects fewer experts than the bank has
-    (E > k) and the bank is on a CPU; with E ≤ k every expert is selected for every token, nothing
-    could be skipped, and the dense path (one batched einsum, no gathers) is the faster one; on a
-    GPU, dense keeps a step free of host synchronisation (`grouped_for`).
+    (E > k) and the bank is on a CPU in fp32; with E ≤ k every expert is selected for every token,
+    nothing could be skipped, and the dense path (one batched einsum, no gathers) is the faster
+    one; on a GPU, dense keeps a step free of host synchronisation, and under CPU autocast dense
+    keeps the matmul shapes fixed (`grouped_for`).
     """
 
     def __init__(
@@ -354,12 +368,19 @@ class MixtureMLP(nn.Module):
         `auto` never picks it on a GPU: splitting the sorted rows into per-expert blocks needs
         the block sizes on the host (`bincount().tolist()`), one host synchronisation per layer
         and step, which stalls a GPU's queue; the dense path has none, and a GPU has the spare
-        FLOPs for E/k times the (small) LoRA and element-wise work."""
+        FLOPs for E/k times the (small) LoRA and element-wise work. Nor under autocast on a CPU:
+        the blocks' row counts change at every step, and each new shape of a bf16 matmul costs a
+        oneDNN kernel build (`_fp32_on_a_cpu`); a SmolLM2 CoMiGS-1GXS round of 2 devices (E 4
+        and 2, 2 × 64 tokens) took 8.2 s dense against 11.9 s grouped in bf16 (17.9 s before
+        the grouped blocks ran in fp32; Intel Xeon with AMX). In fp32 `auto` stays grouped,
+        whose numbers the shipped runs have (dense was faster there too on that host: 8.7 s
+        against 11.6 s; `expert_compute: dense` chooses it)."""
         if bank.router is None or self.compute == "dense":
             return False
         if self.compute == "grouped":
             return True
-        return bank.top_k < bank.n_experts and bank.down.lora_A.device.type == "cpu"
+        return (bank.top_k < bank.n_experts and bank.down.lora_A.device.type == "cpu"
+                and not torch.is_autocast_enabled("cpu"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bank: ExpertBank | BankRows | None = self.bank
@@ -513,12 +534,13 @@ class MixtureMLP(nn.Module):
         x_blocks = x_sorted.split(counts)
         base_blocks = [b.split(counts) for b in bases]
         weighted, down_delta = [], []
-        for e, (xe, we) in enumerate(zip(x_blocks, w_sorted.split(counts))):
-            ups = [blocks[e] + lora.delta_expert(xe, e) for blocks, lora in zip(base_blocks, bank.ups)]
-            hidden = self.activation(ups[0]) * ups[1] if self.gated else self.activation(ups[0])
-            hw = hidden * we  # (n_e, d_ff): w_e · h_e; the down LoRA is linear, so it takes w_e·h_e
-            weighted.append(hw)
-            down_delta.append(bank.down.delta_expert(hw, e))
+        with _fp32_on_a_cpu(x.device):
+            for e, (xe, we) in enumerate(zip(x_blocks, w_sorted.split(counts))):
+                ups = [blocks[e] + lora.delta_expert(xe, e) for blocks, lora in zip(base_blocks, bank.ups)]
+                hidden = self.activation(ups[0]) * ups[1] if self.gated else self.activation(ups[0])
+                hw = hidden * we  # (n_e, d_ff): w_e · h_e; the down LoRA is linear, so it takes w_e·h_e
+                weighted.append(hw)
+                down_delta.append(bank.down.delta_expert(hw, e))
         mixed = permute_rows(torch.cat(weighted), inverse, order).reshape(n_tok, k, -1).sum(1)  # (N, d_ff) = Σ_e w_e h_e
         delta = permute_rows(torch.cat(down_delta), inverse, order).reshape(n_tok, k, -1).sum(1)  # (N, d_out)
         return mixed.reshape(*x.shape[:-1], -1), delta.reshape(*x.shape[:-1], -1)

@@ -140,8 +140,30 @@ def test_auto_groups_only_on_a_cpu_where_skipping_experts_pays(tiny_llama):
         assert site.grouped_for(bank(3, "meta")) and site.grouped_for(bank(2, "cpu"))
         site.compute = "dense"
         assert not site.grouped_for(bank(3, "cpu"))
+        site.compute = "auto"
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 on a CPU: dense, fixed matmul shapes
+            assert not site.grouped_for(bank(3, "cpu"))
+            site.compute = "grouped"
+            assert site.grouped_for(bank(3, "cpu"))
     finally:
         site.compute = previous
+
+
+@pytest.mark.parametrize("card", ["gpt2", "llama"])
+def test_the_grouped_blocks_run_in_fp32_under_cpu_autocast(request, card):
+    """Under bf16 autocast on a CPU the grouped path's per-expert work (its blocks' shapes change
+    at every step) runs in fp32: its two outputs are fp32, and they are the fp32 path's on the
+    same input to bf16's rounding of the frozen W x (which stays in bf16)."""
+    site = request.getfixturevalue(f"tiny_{card}").mlp_sites[0]
+    bank = make_bank(site, 4, seed=3)
+    x = torch.randn(2, 6, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fp32 = site._grouped(x, bank)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = site._grouped(x, bank)
+    for ours, ref in zip(mixed, fp32):
+        assert ours.dtype == torch.float32
+        assert torch.linalg.norm(ours - ref) <= 2e-2 * torch.linalg.norm(ref)
 
 
 @settings(max_examples=30, deadline=None)
