@@ -10,10 +10,12 @@ sum of its workers' peaks is not visible to getrusage: the driver's own peak is 
 speedup of ray over local-tN, and whether ray's metrics.csv equals local-t1's byte for byte.
 `--batch-devices K` adds local-tN-batchK (executor.batch_devices K: a flush's updates in one
 batched step): its wall time, peak RSS, speedup over local-tN and its metrics' largest relative
-difference from local-tN's (equal to float rounding, not bit for bit); `--no-ray` leaves ray out.
+difference from local-tN's (equal to float rounding, not bit for bit); `--no-ray` leaves ray (and
+local-t1) out; `--set KEY.PATH=VALUE` overrides the scenario in every run.
 
     .venv/bin/python bench/executor.py [--scenario scenarios/phones_mixed.yaml] [--rounds 2]
                                        [--workers 2] [--threads 2] [--batch-devices 8] [--no-ray]
+                                       [--set training.precision=float32]
 
 Needs an otherwise idle machine (two torch processes on two cores slow each other 3-5x).
 """
@@ -71,14 +73,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-devices", type=int, default=0, help="also run local-tN with executor.batch_devices K")
-    p.add_argument("--no-ray", action="store_true")
+    p.add_argument("--no-ray", action="store_true", help="leave ray out, and local-t1 (ray's reference) with it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="a scenario override for every run, e.g. training.precision=float32 (repeatable)")
     args = p.parse_args()
-    common = [f"world.server.rounds={args.rounds}"]
-    configs = {
-        "local-t1": [*common, "training.threads=1", "executor.kind=local"],
-        f"local-t{args.threads}": [*common, f"training.threads={args.threads}", "executor.kind=local"],
-    }
+    common = [f"world.server.rounds={args.rounds}", *args.set]
+    configs = {f"local-t{args.threads}": [*common, f"training.threads={args.threads}", "executor.kind=local"]}
     if not args.no_ray:
+        configs["local-t1"] = [*common, "training.threads=1", "executor.kind=local"]
         configs[f"ray-{args.workers}"] = [*common, "training.threads=1", "executor.kind=ray", f"executor.workers={args.workers}"]
     batched = f"local-t{args.threads}-batch{args.batch_devices}"
     if args.batch_devices:
