@@ -2,8 +2,11 @@
 
 Some CPUs have native bf16 matrix instructions (AMX on Intel Sapphire Rapids and later; AVX-512
 BF16 on Cooper Lake, AMD Zen 4 and later); on one of them bf16 autocast made a SmolLM2 4 × 64
-forward and backward 1.24× faster. Elsewhere torch emulates bf16 and it is slower, and even on
-such a CPU small matmuls lose to the casts around them. So `auto` keeps fp32 unless all three hold:
+forward and backward 1.24× faster, on an Intel Xeon with AMX 1.34× (2 × 64: 1.16×, 4 × 128: 1.96×;
+with the frozen casts made once, simfed/learn/frozen_casts.py, and attention in fp32,
+simfed/learn/cpu_attention.py; 0.94×, 1.15× and 1.31× without them). Elsewhere torch emulates
+bf16 and it is slower, and even on such a CPU small matmuls lose to the casts around them. So
+`auto` keeps fp32 unless all three hold:
 
 1. the CPU reports a native bf16 flag (`/proc/cpuinfo`: amx_bf16 or avx512_bf16);
 2. the run's step is large enough for the matrix units to matter (`MIN_STEP_FLOPS`; the tiny
