@@ -6,7 +6,7 @@ attention (9 heads of 64, causal) forward and backward took 2.69 ms in bf16 agai
 its bf16 inputs upcast to fp32 (2 × 64 tokens; 5.20 vs 2.34 ms at 4 × 64, 21.4 vs 10.0 ms at
 16 × 64; Intel Xeon with AMX, 2 threads, torch 2.13) — about 8% of a whole bf16 step. So simfed
 runs attention on a CPU in fp32 whenever autocast would run it in bf16: q, k, v (and a floating
-mask) go up to fp32, torch's own SDPA runs outside autocast, and the output comes back in the
+mask, a position bias) go up to fp32, torch's own SDPA runs outside autocast, and the output comes back in the
 autocast dtype, which is what autocast's SDPA returns and what the next projection casts to
 anyway. The numbers differ from bf16 SDPA's, by being more precise: the softmax and both
 products of attention are fp32 on the bf16-rounded inputs. Everywhere else — fp32 runs, a GPU
@@ -40,6 +40,8 @@ def sdpa_fp32_on_cpu(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if attention_mask is not None and attention_mask.is_floating_point():
         attention_mask = attention_mask.float()
+    kwargs = {name: value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+              for name, value in kwargs.items()}  # e.g. a position bias, which meets the fp32 scores
     with torch.autocast("cpu", enabled=False):
         out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask,
                                               **kwargs)

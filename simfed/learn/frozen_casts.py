@@ -21,9 +21,17 @@ every operand of `linear` and `addmm`, so nothing else can read them differently
 norms keep their fp32 weights (a lookup and autocast's fp32 norms do not cast); a head tied to
 the embedding gets its copy on the head module only, and the embedding keeps the fp32 tensor.
 A weight that requires grad is left alone (autocast caches its cast itself, and its gradient
-must be fp32). A copy is made again if its weight changed in place or moved (its version
-counter or storage differs), so loading other base weights cannot leave a stale copy behind.
-The copies cost host memory: 2 bytes a weight (0.27 GB for SmolLM2-135M), held while the model is.
+must be fp32). A copy is made again if its weight was replaced, moved or written in place
+through the autograd-visible API (identity, storage or version counter differ), so loading other
+base weights cannot leave a stale copy behind; a write through `.data`, which no version counter
+sees, is not detected (simfed makes none). Inside a region the module holds the copy, so what is
+done to the model there acts on the copies: a write into one is refused with an error when the
+region ends (the fp32 weight never saw it), and a linear map called with autocast switched off
+inside a region would see bf16 weights (simfed calls none: its fp32 blocks,
+`lora._fp32_on_a_cpu` and `cpu_attention`, run no frozen linear). The copies cost memory on the
+model's device: 2 bytes a weight (0.27 GB for SmolLM2-135M), for the model's life, in every Ray
+replica too, which simfed.learn.memory's device model does not count (it is the host's, not a
+device's, cost).
 """
 from __future__ import annotations
 
@@ -105,6 +113,7 @@ class FrozenCasts:
             yield
             return
         copies = self.copies(dtype)
+        versions = [c.copy._version for c in copies]
         self._active = dtype
         try:
             for c in copies:
@@ -114,6 +123,12 @@ class FrozenCasts:
             for c in copies:
                 c.module._parameters[c.name] = c.original
             self._active = None
+        written = [f"{type(c.module).__name__}.{c.name}" for c, v in zip(copies, versions)
+                   if c.copy is not c.original and c.copy._version != v]
+        if written:
+            self._copies.pop(dtype, None)
+            raise RuntimeError(f"frozen weights written inside an autocast region, where they are bf16 copies: "
+                               f"{', '.join(written[:3])}{' ...' if len(written) > 3 else ''}; write them outside it")
 
     def keep_only(self, dtype: torch.dtype | None) -> None:
         """Free the copies of every dtype but `dtype` (None: all of them); made again when needed."""

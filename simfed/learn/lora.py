@@ -536,6 +536,7 @@ class MixtureMLP(nn.Module):
         weighted, down_delta = [], []
         with _fp32_on_a_cpu(x.device):
             for e, (xe, we) in enumerate(zip(x_blocks, w_sorted.split(counts))):
+                xe = xe.to(bank.down.lora_A.dtype)  # a bf16 model's input meets the fp32 adapters (a no-op in fp32)
                 ups = [blocks[e] + lora.delta_expert(xe, e) for blocks, lora in zip(base_blocks, bank.ups)]
                 hidden = self.activation(ups[0]) * ups[1] if self.gated else self.activation(ups[0])
                 hw = hidden * we  # (n_e, d_ff): w_e · h_e; the down LoRA is linear, so it takes w_e·h_e

@@ -73,6 +73,37 @@ def test_outside_bf16_autocast_it_is_hf_sdpa_bit_for_bit(card):
     assert all(torch.equal(a, b) for a, b in zip(ours, hf))
 
 
+@pytest.mark.parametrize("card", ["tiny-gpt2", "tiny-llama"])
+def test_a_bf16_model_step_on_a_cpu_runs_attention_in_fp32(card, monkeypatch):
+    """Through the whole model under the model's bf16 region (with and without a padding mask):
+    every attention call reaches HF's SDPA with fp32 q, k, v and autocast off, and the step is
+    finite."""
+    import simfed.learn.cpu_attention as ca
+
+    seen = []
+    hf_sdpa = ca.sdpa_attention_forward
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        seen.append((query.dtype, key.dtype, value.dtype, torch.is_autocast_enabled("cpu")))
+        return hf_sdpa(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(ca, "sdpa_attention_forward", spy)
+    model = adapted(card)
+    model.autocast = torch.bfloat16
+    adapters = model.new_adapters(AdapterShape(2, 4, 4), torch.Generator().manual_seed(0))
+    ids = random_ids(2, 17, seed=1)
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[0, :4] = 0
+    with model.using(adapters):
+        loss = next_token_loss(model, ids)
+        padded = model.model(input_ids=ids[:, :-1], attention_mask=mask, use_cache=False).logits.float().mean()
+    (loss + padded).backward()
+    layers = model.model.config.num_hidden_layers
+    assert len(seen) == 2 * layers
+    assert all(s == (torch.float32, torch.float32, torch.float32, False) for s in seen)
+    assert torch.isfinite(loss) and torch.isfinite(padded)
+
+
 def test_only_a_model_on_sdpa_is_switched():
     model = adapted("tiny-llama")
     assert use_fp32_cpu_attention(model.model)  # again: idempotent

@@ -133,3 +133,18 @@ def test_fp32_makes_no_copies_and_leaving_bf16_frees_them():
     assert model.frozen_casts.nbytes() == 2 * linear_params(model)
     model.autocast = None
     assert model.frozen_casts.nbytes() == 0
+
+
+def test_a_write_into_a_copy_inside_a_region_is_refused():
+    """Inside a region the modules hold the copies: a write there would never reach the fp32
+    weight, so the region's end says so (and the next region makes fresh copies)."""
+    model = adapted("tiny-llama")
+    model.autocast = BF16
+    adapters = model.new_adapters(AdapterShape(1, 4, 4), torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="written inside an autocast region"):
+        with model.using(adapters):
+            with torch.no_grad():
+                model.mlp_sites[0].mlp.up_proj.weight.add_(1.0)
+    assert model.mlp_sites[0].mlp.up_proj.weight.dtype == torch.float32
+    with model.using(adapters):
+        pass  # fresh copies, no error

@@ -181,3 +181,18 @@ def test_permuting_rows_has_the_gradient_of_indexing_bit_for_bit(n_rows, width, 
     got_out = permute_rows(x, order, inverse)
     (got_out * probe).sum().backward()
     assert torch.equal(got_out, x[order]) and torch.equal(x.grad, want)
+
+
+def test_the_grouped_path_of_a_bf16_model_runs_under_cpu_autocast(tiny_llama):
+    """A bf16 base (a card may say `dtype: bfloat16`) gives the grouped blocks bf16 inputs; they
+    meet the fp32 adapters in fp32, the same function as the fp32 model's to bf16 rounding."""
+    site = copy.deepcopy(tiny_llama.mlp_sites[0])
+    bank = make_bank(site, 4, seed=5)
+    x = torch.randn(2, 6, 64, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        reference = site._grouped(x, bank)
+        site.mlp.to(torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours = site._grouped(x.to(torch.bfloat16), bank)
+    for a, b in zip(ours, reference):
+        assert torch.linalg.norm(a.float() - b) <= 3e-2 * torch.linalg.norm(b)
