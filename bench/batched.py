@@ -17,10 +17,14 @@ said in the output; `--model tiny-llama` is a smoke test. One figure a line:
     <method>_k<K>_speedup 2.71
 
     python bench/batched.py [--device cpu|cuda] [--k 4 8 16] [--rounds 2] [--methods comigs-1gxs hetlora]
+
+The process keeps its freed heap as simfed's runs do (simfed/run/host_memory.py); `--trimming-heap`
+measures glibc's default, under which every batched step faulted its activations in again.
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -35,6 +39,7 @@ from simfed.learn.methods.base import Budget, ClientInfo, LocalPlan, update_in_b
 from simfed.learn.methods.registry import build_method
 from simfed.learn.model_card import load_card
 from simfed.learn.spec import TrainingSpec, method_spec
+from simfed.run.host_memory import keep_freed_memory
 
 # phones_mixed's tiers as budgets (memory bytes, FLOP/s): flagship, mid, mid, low
 TIERS = [Budget(12e9, 150e9), Budget(6e9, 45e9), Budget(6e9, 45e9), Budget(3e9, 10e9)]
@@ -106,15 +111,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--trimming-heap", action="store_true",
+                        help="leave glibc's heap trimming on, as simfed did before simfed/run/host_memory.py")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    malloc = "left as it is (--trimming-heap)" if args.trimming_heap else keep_freed_memory()
 
     model, name = load_model(args.model, args.device, args.precision)
     vocab = int(model.model.config.vocab_size)
     training = TrainingSpec(local_steps=args.local_steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=3e-3)
     total = args.rounds + 1
     print(f"# {name} on {args.device} (autocast {model.autocast}), {args.threads} threads, {args.local_steps} steps "
-          f"of {args.batch_size} x {args.seq_len} a device-round; median of {args.rounds} rounds after 1 warm-up")
+          f"of {args.batch_size} x {args.seq_len} a device-round; median of {args.rounds} rounds after 1 warm-up; malloc {malloc}")
     for method_name in args.methods:
         for k in args.k:
             clients = fleet(k, vocab, 20 * args.seq_len * args.batch_size * args.local_steps)
@@ -123,12 +131,18 @@ def main() -> None:
             for fn in runs.values():
                 fn()  # warm-up round (allocator, kernels)
             times: dict[str, list[float]] = {label: [] for label in runs}
+            faults: dict[str, list[int]] = {label: [] for label in runs}  # minor page faults a round
+            system: dict[str, list[float]] = {label: [] for label in runs}  # kernel CPU seconds a round
             for _ in range(args.rounds):
                 for label, fn in runs.items():
+                    before = resource.getrusage(resource.RUSAGE_SELF)
                     times[label].append(fn())
+                    after = resource.getrusage(resource.RUSAGE_SELF)
+                    faults[label].append(after.ru_minflt - before.ru_minflt)
+                    system[label].append(round(after.ru_stime - before.ru_stime, 2))
             medians = {label: statistics.median(ts) for label, ts in times.items()}
             for label, ts in times.items():
-                print(f"# {method_name} K={k} {label}: rounds {['%.3f' % t for t in ts]}")
+                print(f"# {method_name} K={k} {label}: rounds {['%.3f' % t for t in ts]}, page faults {faults[label]}, system s {system[label]}")
                 print(f"{method_name}_k{k}_{label}_s_per_round {medians[label]:.4f}")
             print(f"{method_name}_k{k}_speedup {medians['sequential'] / medians['batched']:.3f}", flush=True)
 

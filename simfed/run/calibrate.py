@@ -43,6 +43,7 @@ from simfed.learn.flops import ModelDims, step_activation_bytes, step_flops
 from simfed.learn.local_update import Recipe, new_client_state, train_locally
 from simfed.learn.lora import StackedLoRA
 from simfed.learn.model_card import load_card
+from simfed.run.host_memory import keep_freed_memory
 
 CALIBRATE_KINDS = ("comigs", "comigs-1g3s", "hetlora", "fedavg")
 DEFAULT_RANK = {"comigs": 8, "comigs-1g3s": 8, "hetlora": 16, "fedavg": 8}
@@ -178,6 +179,7 @@ def measure_many(model: AdaptedModel, model_name: str, methods: list[tuple[str, 
 def load_adapted(model_name: str, device: str = "auto", threads: int = 2) -> AdaptedModel:
     if threads > 0:
         torch.set_num_threads(threads)
+    keep_freed_memory()  # measure steps as the runs take them (simfed/run/host_memory.py)
     dev = resolve_device(device)
     # the runs' precision: bf16 autocast on a GPU
     return AdaptedModel(load_base_model(load_card(model_name), dev), autocast_dtype("auto", dev))

@@ -91,9 +91,11 @@ class Replica:
 
     def __init__(self, card: Any, device: str, threads: int, training: Any, batch_devices: int = 1) -> None:
         from simfed.learn.device import load_adapted_model
+        from simfed.run.host_memory import keep_freed_memory
 
         if threads:
             torch.set_num_threads(threads)
+        keep_freed_memory()  # as the driver's process does (simfed/run/host_memory.py)
         self.training = training
         self.batch_devices = batch_devices
         self.model = load_adapted_model(card, training, device)

@@ -41,6 +41,7 @@ from simfed.run.divergence import method_status
 from simfed.run.dry import run_dry
 from simfed.run.environment import run_environment
 from simfed.run.executor import LocalExecutor, make_executor
+from simfed.run.host_memory import keep_freed_memory
 from simfed.run.loggers import scenario_observers
 from simfed.run.observers import Hear, RunObserver
 from simfed.run.replay import Handover, Replay
@@ -145,6 +146,7 @@ def run_scenario(scenario: Scenario, out_root: Path | None, seeds: list[int],
         return run_dry(scenario, out_root, seeds, observers)
     if scenario.training.threads:
         torch.set_num_threads(scenario.training.threads)
+    malloc = keep_freed_memory()  # a step's activations are reused, not faulted in again (host_memory.py)
     card = load_card(scenario.model)
     training = scenario.training
     model = load_adapted_model(card, training)
@@ -155,6 +157,7 @@ def run_scenario(scenario: Scenario, out_root: Path | None, seeds: list[int],
                    if resume is None else Checkpoints.reopen(resume, seeds))
     run = checkpoints.run
     run.environment = run_environment(model.device, model.autocast)  # into summary.json (simfed/run/environment.py)
+    run.environment["malloc"] = malloc
     if choice is not None:
         run.environment["precision_choice"] = choice.reason
     run.write_summary()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -58,6 +60,8 @@ def test_run_from_a_dict_gives_the_same_metrics_as_simfed_run_file(tmp_path: Pat
     assert env["torch_version"] == torch.__version__ and env["torch_threads"] == torch.get_num_threads()
     assert env["device"] == "cpu" and env["gpu_name"] is None and env["precision"] == "float32"
     assert env["simfed_version"] == simfed.__version__
+    if platform.libc_ver()[0] == "glibc" and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        assert env["malloc"].startswith("glibc") and "trimming off" in env["malloc"]  # simfed/run/host_memory.py
     head = subprocess.run(["git", "-C", str(Path(simfed.__file__).parents[1]), "rev-parse", "HEAD"],
                           capture_output=True, text=True).stdout.strip()
     assert env["git_commit"] == head and len(head) == 40
