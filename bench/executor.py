@@ -5,8 +5,8 @@ one after the other in fresh processes:
   local-t1   executor local, 1 torch thread       (the reference of bit-identity for ray ×1 thread)
   local-tN   executor local, --threads threads     (what a user runs by default on this machine)
   ray-W      executor ray, --workers workers × 1 thread each
-and prints one line per figure: wall seconds and peak RSS of the run (the driver and, for Ray, the
-sum of its workers' peaks is not visible to getrusage: the driver's own peak is printed), the
+and prints one line per figure: wall seconds, peak RSS, minor page faults and system seconds of
+the run (the driver's own: for Ray, its workers' are not visible to getrusage), the
 speedup of ray over local-tN, and whether ray's metrics.csv equals local-t1's byte for byte.
 `--batch-devices K` adds local-tN-batchK (executor.batch_devices K: a flush's updates in one
 batched step): its wall time, peak RSS, speedup over local-tN and its metrics' largest relative
@@ -41,8 +41,9 @@ start = time.perf_counter()
 with ProgressView([m.name for m in scenario.methods], scenario.world.server.rounds, enabled=False) as view:
     run = run_scenario(scenario, Path(out), scenario.seeds, [view])
 wall = time.perf_counter() - start
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"run": str(run), "wall_s": wall, "rss_mb": rss}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"run": str(run), "wall_s": wall, "rss_mb": usage.ru_maxrss / 1024,
+                  "page_faults": usage.ru_minflt, "system_s": usage.ru_stime}))
 """
 
 
@@ -96,6 +97,7 @@ def main() -> None:
         for name, r in results.items():
             print(f"{name} wall_s {r['wall_s']:.1f} (process {r['process_s']:.1f})")
             print(f"{name} driver_peak_rss_mb {r['rss_mb']:.0f}")
+            print(f"{name} driver_page_faults {r['page_faults']} (system {r['system_s']:.1f} s)")
         local_n = results[f"local-t{args.threads}"]
         if args.batch_devices:
             b = results[batched]
