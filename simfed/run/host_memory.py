@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+from typing import Mapping
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
@@ -34,7 +35,7 @@ TRIM_OFF = -1  # mallopt(M_TRIM_THRESHOLD, -1): never trim (man 3 mallopt)
 USER_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
-def _user_set_malloc(environ: dict[str, str]) -> str | None:
+def _user_set_malloc(environ: Mapping[str, str]) -> str | None:
     for name in USER_SETTINGS:
         if name in environ:
             return name
@@ -43,11 +44,10 @@ def _user_set_malloc(environ: dict[str, str]) -> str | None:
     return None
 
 
-def keep_freed_memory(environ: dict[str, str] | None = None) -> str:
+def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> str:
     """Turn glibc's heap trimming off and fix its mmap threshold at 32 MiB, for this process.
 
     Returns what was done, in words, for the run's summary.json (`environment.malloc`)."""
-    environ = dict(os.environ) if environ is None else environ
     family, version = platform.libc_ver()
     if family != "glibc":
         return f"left as it is (the C library is {family or 'not glibc'})"
@@ -56,10 +56,10 @@ def keep_freed_memory(environ: dict[str, str] | None = None) -> str:
         return f"left as the user set it ({user})"
     try:
         libc = ctypes.CDLL("libc.so.6")
-        done = libc.mallopt(M_TRIM_THRESHOLD, TRIM_OFF) == 1
-        done = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1 and done
+        trim_off = libc.mallopt(M_TRIM_THRESHOLD, TRIM_OFF) == 1
+        mmap_fixed = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
     except (OSError, AttributeError) as err:
         return f"left as it is (mallopt unavailable: {err})"
-    if not done:
-        return f"left as it is (glibc {version} refused mallopt)"
-    return f"glibc {version}: trimming off, mmap threshold {MMAP_THRESHOLD_BYTES >> 20} MiB (freed memory kept for reuse)"
+    trim = "trimming off" if trim_off else "trimming as it was (mallopt refused)"
+    mmap = f"mmap threshold {MMAP_THRESHOLD_BYTES >> 20} MiB" if mmap_fixed else "mmap threshold as it was (mallopt refused)"
+    return f"glibc {version}: {trim}, {mmap}" + (" (freed memory kept for reuse)" if trim_off else "")
